@@ -1,0 +1,189 @@
+"""Flow matching for the action expert: interpolant, target, loss, σ sampling, Euler sampler, CFG.
+
+Flow-time convention (Ψ0's, the only one used in this package):
+
+    σ = 1 is pure noise, σ = 0 is data;   x_σ = (1 − σ)·x + σ·ε;   velocity target v = dx_σ/dσ = ε − x.
+
+Sampling integrates dx/dσ = v from σ = 1 (x = ε ~ N(0, I)) down to σ = 0 with Euler steps
+``x ← x − Δσ·v(x, σ)``.
+
+Per-example parameters (``sigma``, ``beta``, a chunk ``mask``) are *leading-aligned*: an array with fewer
+axes than the actions is matched against the leading axes and broadcast over the trailing ones, so σ of
+shape [B] goes with actions [B, H, D], and a mask [B, H] masks whole time steps of a chunk. An action-dim
+mask [D] is passed separately as ``dim_mask`` (trailing-aligned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+SIGMA_KINDS = ("uniform", "beta")
+# openpi's π0 draws t ~ Beta(1.5, 1) and maps it to t·0.999 + 0.001 so that σ never hits 0 exactly.
+BETA_ALPHA = 1.5
+BETA_BETA = 1.0
+BETA_SIGMA_MIN = 0.001
+
+
+def _lead_align(x: jax.Array, ndim: int, name: str) -> jax.Array:
+    """Appends trailing singleton axes so ``x`` (scalar or leading-aligned) broadcasts to rank ``ndim``."""
+    x = jnp.asarray(x)
+    if x.ndim > ndim:
+        raise ValueError(f"{name} has rank {x.ndim} ({x.shape}), more than the actions' rank {ndim}")
+    return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+def _check_same_shape(**arrays: jax.Array) -> None:
+    shapes = {k: jnp.shape(v) for k, v in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"shape mismatch: {', '.join(f'{k}={s}' for k, s in shapes.items())}")
+
+
+def interpolate(actions: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Straight-line interpolant x_σ = (1 − σ)·x + σ·ε.
+
+    Args:
+      actions: float [..., H, D] data x (normalised actions).
+      noise: float, same shape as ``actions``: ε.
+      sigma: float scalar or leading-aligned (e.g. [B] for actions [B, H, D]); σ = 1 is noise.
+
+    Returns: float [..., H, D] (dtype of ``actions``).
+    """
+    _check_same_shape(actions=actions, noise=noise)
+    s = _lead_align(sigma, jnp.ndim(actions), "sigma").astype(jnp.result_type(actions))
+    return (1.0 - s) * actions + s * noise
+
+
+def velocity_target(actions: jax.Array, noise: jax.Array) -> jax.Array:
+    """Velocity target of the interpolant, d x_σ / dσ = ε − x.
+
+    Args: actions, noise: float [..., H, D] of equal shape.
+    Returns: float [..., H, D].
+    """
+    _check_same_shape(actions=actions, noise=noise)
+    return noise - actions
+
+
+def flow_matching_loss(
+    pred: jax.Array,
+    actions: jax.Array,
+    noise: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    dim_mask: jax.Array | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    """Masked MSE between the predicted velocity and the target ε − x.
+
+    Args:
+      pred: float [B, H, D] predicted velocity v_θ(x_σ, σ, o).
+      actions: float [B, H, D] clean actions x.
+      noise: float [B, H, D] the ε used to build x_σ.
+      mask: optional bool/float validity mask. With fewer axes than ``pred`` it is leading-aligned
+        (e.g. the loader's ``action_mask`` bool [B, H], False past the episode end, or [B] per example);
+        with the same rank it broadcasts the numpy way (e.g. [B, H, D] or [1, 1, D]).
+      dim_mask: optional bool/float [D] action-dimension mask (trailing-aligned), e.g. False on padded
+        action dimensions. Combined with ``mask`` by multiplication.
+      reduction: "mean" → float32 [] = Σ m·(pred − target)² / Σ m over every (b, h, d) entry;
+        "per_example" → float32 [B], the same ratio taken per leading index (0 where nothing is valid).
+
+    Masked entries are removed with ``where`` (not multiplied), so padding may hold any finite or
+    non-finite value without leaking into the loss or its gradient. An all-masked batch gives 0.
+
+    Returns: float32 [] or float32 [B].
+    """
+    _check_same_shape(pred=pred, actions=actions, noise=noise)
+    if reduction not in ("mean", "per_example"):
+        raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'per_example'")
+    ndim = jnp.ndim(pred)
+    weight = jnp.ones((1,) * ndim, jnp.float32)
+    if mask is not None:
+        m = jnp.asarray(mask)
+        if m.ndim < ndim:
+            m = _lead_align(m, ndim, "mask")
+        try:
+            jnp.broadcast_shapes(m.shape, pred.shape)
+        except ValueError as e:
+            raise ValueError(f"mask shape {jnp.shape(mask)} does not broadcast to pred shape {pred.shape}") from e
+        weight = weight * m.astype(jnp.float32)
+    if dim_mask is not None:
+        dm = jnp.asarray(dim_mask)
+        if dm.ndim != 1 or dm.shape[0] != pred.shape[-1]:
+            raise ValueError(f"dim_mask must have shape [{pred.shape[-1]}] (action dim), got {dm.shape}")
+        weight = weight * dm.astype(jnp.float32)
+    weight = jnp.broadcast_to(weight, pred.shape)
+    valid = weight > 0
+    diff = pred.astype(jnp.float32) - velocity_target(actions, noise).astype(jnp.float32)
+    err = jnp.square(jnp.where(valid, diff, 0.0)) * weight  # where before the square: finite gradients
+    if reduction == "mean":
+        return jnp.sum(err) / jnp.maximum(jnp.sum(weight), 1e-12)
+    axes = tuple(range(1, ndim))
+    return jnp.sum(err, axis=axes) / jnp.maximum(jnp.sum(weight, axis=axes), 1e-12)
+
+
+def sample_sigma(key: jax.Array, shape: tuple[int, ...], kind: str = "uniform") -> jax.Array:
+    """Draws flow times σ for training.
+
+    Args:
+      key: PRNG key.
+      shape: static output shape, e.g. (B,).
+      kind: "uniform" → σ ~ U[0, 1) (Ψ0's choice);
+        "beta" → σ = 0.001 + 0.999·b with b ~ Beta(1.5, 1) (openpi's π0 schedule; density ∝ b^0.5,
+        weighted towards the noisy end σ → 1), so σ ∈ [0.001, 1] ⊂ (0, 1].
+
+    Returns: float32 ``shape``.
+    """
+    if kind == "uniform":
+        return jax.random.uniform(key, shape, jnp.float32)
+    if kind == "beta":
+        b = jax.random.beta(key, BETA_ALPHA, BETA_BETA, shape, jnp.float32)
+        return BETA_SIGMA_MIN + (1.0 - BETA_SIGMA_MIN) * b
+    raise ValueError(f"unknown sigma kind {kind!r}; expected one of {SIGMA_KINDS}")
+
+
+def _euler_body(velocity_fn, x, sigma_pair):
+    sigma, sigma_next = sigma_pair
+    v = velocity_fn(x, sigma)
+    return (x - (sigma - sigma_next) * v).astype(x.dtype), None
+
+
+def euler_sample(
+    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], noise: jax.Array, num_steps: int = 10
+) -> jax.Array:
+    """Integrates dx/dσ = v(x, σ) from σ = 1 (x = noise) to σ = 0 with ``num_steps`` Euler steps.
+
+    The grid is σ_k = 1 − k/N, k = 0..N; step k evaluates ``velocity_fn(x, σ_k)`` with σ_k a float32
+    scalar [] (broadcast it inside ``velocity_fn`` as needed) and updates x ← x − (σ_k − σ_{k+1})·v.
+    Runs as a ``lax.scan``, so the compiled size does not grow with ``num_steps`` (a static int).
+
+    Args:
+      velocity_fn: (x float [..., H, D], sigma float32 []) → float [..., H, D].
+      noise: float [..., H, D] starting point ε at σ = 1.
+      num_steps: static number of Euler steps, ≥ 1.
+
+    Returns: float [..., H, D] (dtype of ``noise``), the sample at σ = 0.
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    sigmas = jnp.linspace(1.0, 0.0, num_steps + 1, dtype=jnp.float32)
+    x, _ = jax.lax.scan(lambda x, s: _euler_body(velocity_fn, x, s), noise, (sigmas[:-1], sigmas[1:]))
+    return x
+
+
+def cfg_velocity(v_cond: jax.Array, v_uncond: jax.Array, beta: jax.Array | float) -> jax.Array:
+    """Classifier-free guidance: v = v_uncond + β·(v_cond − v_uncond).
+
+    β = 1 returns the conditional velocity, β = 0 the unconditional one, β > 1 extrapolates.
+
+    Args:
+      v_cond: float [..., H, D] velocity with the "advantage: high" prompt.
+      v_uncond: float [..., H, D] velocity with the bare instruction.
+      beta: float scalar or leading-aligned (e.g. [B]).
+
+    Returns: float [..., H, D].
+    """
+    _check_same_shape(v_cond=v_cond, v_uncond=v_uncond)
+    b = _lead_align(beta, jnp.ndim(v_cond), "beta").astype(jnp.result_type(v_cond))
+    return v_uncond + b * (v_cond - v_uncond)

@@ -1,0 +1,157 @@
+"""Tests for recap_jax.flow: convention, masked loss, σ sampling, Euler sampler, CFG."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recap_jax import flow
+
+B, H, D = 3, 5, 4
+
+
+def _data(seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(k1, (B, H, D))
+    eps = jax.random.normal(k2, (B, H, D))
+    pred = jax.random.normal(k3, (B, H, D))
+    return x, eps, pred
+
+
+def test_interpolate_endpoints_and_target_is_derivative():
+    x, eps, _ = _data()
+    np.testing.assert_allclose(flow.interpolate(x, eps, 0.0), x, atol=1e-6)
+    np.testing.assert_allclose(flow.interpolate(x, eps, 1.0), eps, atol=1e-6)
+    sig = jnp.array([0.1, 0.5, 0.9])
+    xs = flow.interpolate(x, eps, sig)
+    chex.assert_shape(xs, (B, H, D))
+    chex.assert_type(xs, jnp.float32)
+    np.testing.assert_allclose(xs[1], 0.5 * x[1] + 0.5 * eps[1], atol=1e-6)
+    # d x_σ / dσ equals the velocity target (the stated convention: σ = 1 is noise).
+    d = jax.jacfwd(lambda s: flow.interpolate(x, eps, s))(0.3)
+    np.testing.assert_allclose(d, flow.velocity_target(x, eps), atol=1e-6)
+
+
+def test_masked_loss_hand_computed_with_huge_padding():
+    x = jnp.zeros((2, 3, 2))
+    eps = jnp.zeros((2, 3, 2))
+    pred = jnp.array(
+        [
+            [[1.0, 2.0], [3.0, 1e6], [1e6, 1e6]],
+            [[0.5, 1e6], [1e6, 1e6], [1e6, 1e6]],
+        ]
+    )
+    chunk_mask = jnp.array([[True, True, False], [True, False, False]])
+    dim_mask = jnp.array([True, False])
+    # Valid entries: (0,0,0)=1, (0,1,0)=3, (1,0,0)=0.5 → squared 1, 9, 0.25 over 3 entries.
+    loss = flow.flow_matching_loss(pred, x, eps, chunk_mask, dim_mask=dim_mask)
+    chex.assert_shape(loss, ())
+    chex.assert_type(loss, jnp.float32)
+    np.testing.assert_allclose(loss, (1.0 + 9.0 + 0.25) / 3.0, rtol=1e-6)
+    per = flow.flow_matching_loss(pred, x, eps, chunk_mask, dim_mask=dim_mask, reduction="per_example")
+    chex.assert_shape(per, (2,))
+    np.testing.assert_allclose(per, [(1.0 + 9.0) / 2.0, 0.25], rtol=1e-6)
+    # Full-rank mask (numpy broadcasting) gives the same, and the padding never reaches the gradient.
+    full = chunk_mask[..., None] & dim_mask
+    np.testing.assert_allclose(flow.flow_matching_loss(pred, x, eps, full), loss, rtol=1e-6)
+    pred_inf = jnp.where(full, pred, jnp.inf)
+    g = jax.grad(lambda p: flow.flow_matching_loss(p, x, eps, full))(pred_inf)
+    assert bool(jnp.all(jnp.isfinite(g)))
+    assert bool(jnp.all(jnp.where(full, True, g == 0)))
+
+
+def test_unmasked_loss_is_plain_mse_and_jit_matches():
+    x, eps, pred = _data(1)
+    ref = np.mean((np.asarray(pred) - (np.asarray(eps) - np.asarray(x))) ** 2)
+    np.testing.assert_allclose(flow.flow_matching_loss(pred, x, eps), ref, rtol=1e-5)
+    mask = jnp.ones((B, H), bool).at[0, 3:].set(False)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(p, a, n, m):
+        return flow.flow_matching_loss(p, a, n, m)
+
+    out = f(pred, x, eps, mask)
+    np.testing.assert_allclose(out, flow.flow_matching_loss(pred, x, eps, mask), rtol=1e-6)
+    f(pred + 1.0, x, eps, ~mask)  # same shapes: no retrace
+
+
+def test_loss_rejects_bad_shapes():
+    x, eps, pred = _data()
+    with pytest.raises(ValueError, match="shape mismatch"):
+        flow.flow_matching_loss(pred[:, :2], x, eps)
+    with pytest.raises(ValueError, match="mask"):
+        flow.flow_matching_loss(pred, x, eps, jnp.ones((B, H + 1), bool))
+    with pytest.raises(ValueError, match="dim_mask"):
+        flow.flow_matching_loss(pred, x, eps, dim_mask=jnp.ones((D + 1,), bool))
+    with pytest.raises(ValueError, match="reduction"):
+        flow.flow_matching_loss(pred, x, eps, reduction="sum")
+
+
+def test_sample_sigma_kinds_and_ranges():
+    key = jax.random.key(0)
+    u = flow.sample_sigma(key, (20000,), "uniform")
+    b = flow.sample_sigma(key, (20000,), kind="beta")
+    for s in (u, b):
+        chex.assert_shape(s, (20000,))
+        chex.assert_type(s, jnp.float32)
+    assert float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert float(b.min()) >= flow.BETA_SIGMA_MIN and float(b.max()) <= 1.0
+    # Beta(1.5, 1) has mean 0.6 → σ mean 0.001 + 0.999·0.6; uniform mean 0.5.
+    np.testing.assert_allclose(float(u.mean()), 0.5, atol=0.01)
+    np.testing.assert_allclose(float(b.mean()), 0.001 + 0.999 * 0.6, atol=0.01)
+    with pytest.raises(ValueError, match="unknown sigma kind 'logit'"):
+        flow.sample_sigma(key, (3,), "logit")
+
+
+@pytest.mark.parametrize("num_steps", [1, 3, 10])
+def test_euler_constant_field_recovers_data_exactly(num_steps):
+    x0, eps, _ = _data(2)
+    out = flow.euler_sample(lambda x, s: flow.velocity_target(x0, eps), eps, num_steps)
+    chex.assert_shape(out, (B, H, D))
+    np.testing.assert_allclose(out, x0, atol=1e-5)
+
+
+def test_euler_first_order_convergence_and_sigma_grid():
+    eps = jnp.array([1.0, -2.0, 0.5])
+    exact = eps * np.e  # dx/dσ = −x from σ = 1 to 0 ⇒ x(0) = e·x(1)
+    errs = [float(jnp.max(jnp.abs(flow.euler_sample(lambda x, s: -x, eps, n) - exact))) for n in (20, 40, 80)]
+    assert errs[0] > errs[1] > errs[2]
+    np.testing.assert_allclose(errs[0] / errs[1], 2.0, rtol=0.05)
+    np.testing.assert_allclose(errs[1] / errs[2], 2.0, rtol=0.05)
+    # σ passed to the field: 1, 0.75, 0.5, 0.25 for 4 steps (as a scalar).
+    seen = flow.euler_sample(lambda x, s: jnp.broadcast_to(-jnp.reshape(s, ()), x.shape), jnp.zeros(()), 4)
+    np.testing.assert_allclose(seen, 0.25 * (1.0 + 0.75 + 0.5 + 0.25), rtol=1e-6)
+    with pytest.raises(ValueError, match="num_steps"):
+        flow.euler_sample(lambda x, s: x, eps, 0)
+
+
+def test_euler_jit_vmap_no_retrace():
+    x0, eps, _ = _data(3)
+
+    def field(x, s):
+        return x - s * x0[0]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def sample(e):
+        return flow.euler_sample(field, e, 10)
+
+    out = sample(eps)
+    np.testing.assert_allclose(out, flow.euler_sample(field, eps, 10), atol=1e-5)
+    sample(eps + 1.0)
+    batched = jax.vmap(lambda e: flow.euler_sample(field, e, 10))(eps)
+    np.testing.assert_allclose(batched, jnp.stack([flow.euler_sample(field, e, 10) for e in eps]), atol=1e-5)
+
+
+def test_cfg_velocity():
+    x, eps, _ = _data(4)
+    np.testing.assert_allclose(flow.cfg_velocity(x, eps, 1.0), x, atol=1e-6)
+    np.testing.assert_allclose(flow.cfg_velocity(x, eps, 0.0), eps, atol=1e-6)
+    beta = jnp.array([0.0, 1.0, 2.0])
+    out = flow.cfg_velocity(x, eps, beta)
+    chex.assert_shape(out, (B, H, D))
+    np.testing.assert_allclose(out[2], eps[2] + 2.0 * (x[2] - eps[2]), atol=1e-5)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        flow.cfg_velocity(x, eps[:1], 1.0)
