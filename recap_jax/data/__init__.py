@@ -1,0 +1,12 @@
+"""Episode storage and training-batch loading."""
+
+from recap_jax.data.store import (
+    ACTION_DIM,
+    STATE_DIM,
+    CorruptShardError,
+    Episode,
+    EpisodeStore,
+    StoreError,
+)
+
+__all__ = ["ACTION_DIM", "STATE_DIM", "CorruptShardError", "Episode", "EpisodeStore", "StoreError"]
