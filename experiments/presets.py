@@ -1,0 +1,272 @@
+"""Named, frozen configurations of the RECAP-Ψ BendPick study.
+
+Three presets, one per scale:
+
+* ``smoke`` — every stage for real on a 2-core CPU in at most ~10 minutes (tiny models, a few
+  batched episodes, a short episode limit). Default of ``python -m experiments.recap_bendpick``.
+* ``gpu``   — each stage within the device machine's 10-minute command limit, the whole study in
+  about 20 minutes on one H100, large enough for the conditions to separate.
+* ``paper`` — the paper's settings (RECAP-Ψ, Sec. 3-4 and App. B): 100 demos, SFT 20k/40k steps,
+  500 rollouts from SFT@20k (T = 600), value function 50 epochs, RECAP and BC-all 40k steps at
+  batch 128, 500 evaluation episodes per condition.
+
+Model sizes are given as overrides of the stage configs (``policy``/``value`` tuples of
+``(field, value)`` pairs applied with ``dataclasses.replace``), so this file names the scale of a
+study without copying the stages' own defaults. ``get_preset`` answers a mistyped name with the
+closest registered one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+Overrides = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Environment overrides passed to ``envs.make("G1BendPick-v0", ...)``."""
+
+    episode_length: int = 600  # control steps at 50 Hz (the paper's T = 600)
+    image_size: tuple[int, int] = (180, 320)  # (H, W) the policy sees
+    randomization_level: int = 1
+    replan_every: int = 24  # Ta: executed actions per chunk before re-querying
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Expert demonstrations for SFT (scripted expert, optionally noised for mixed quality)."""
+
+    num_demos: int = 100
+    num_envs: int = 100
+    expert_noise: float = 0.0  # the expert's noise knob; > 0 lowers demo quality (headroom)
+    successful_only: bool = True  # the paper's SFT set is 100 all-successful demos
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """Flow-matching SFT on expert demos (Ψ0 fine-tuning recipe)."""
+
+    steps: int = 40_000  # SFT@40k: the `sft_final` condition
+    init_step: int = 20_000  # SFT@20k: the collection checkpoint, the `sft_init` condition
+    candidate_steps: tuple[int, ...] = ()  # extra checkpoints screened for headroom (empty: use init_step)
+    batch_size: int = 128
+    learning_rate: float = 1e-4
+    warmup_steps: int = 1_000
+    weight_decay: float = 1e-6
+    grad_clip: float = 1.0
+    log_every: int = 100
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    """On-policy rollouts from the collection checkpoint."""
+
+    episodes: int = 500
+    num_envs: int = 100
+    target_rate: tuple[float, float] = (0.25, 0.60)  # headroom band for the collection checkpoint
+    screen_episodes: int = 0  # episodes per candidate checkpoint when screening (0: no screening)
+
+
+@dataclass(frozen=True)
+class ValueSettings:
+    """Distributional value function (201 bins over [-1, 0]), App. B."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    val_fraction: float = 0.1  # episode-level split, stratified by outcome
+    split_seed: int = 42
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Advantage labels: A = r - V̂ (or N-step), top `positive_fraction` labelled high."""
+
+    positive_fraction: float = 0.3  # global 70th-percentile threshold (Eq. 3)
+    n_step: int | None = None  # None: full Monte-Carlo return minus V̂ (the paper's choice)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """RECAP (advantage token in the prompt) and BC-all (no token): same steps, optimiser, data."""
+
+    steps: int = 40_000
+    batch_size: int = 128
+    learning_rate: float = 1e-4
+    warmup_steps: int = 1_000
+    weight_decay: float = 1e-6
+    grad_clip: float = 1.0
+    indicator_dropout: float = 0.0  # π*0.6 drops the token 30% of the time; needed for CFG
+    init: str = "sft_init"  # "sft_init" (the paper's base stand-in) or "scratch"
+    log_every: int = 100
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Closed-loop evaluation on held-out reset keys (the same keys for every condition)."""
+
+    episodes: int = 500
+    num_envs: int = 100
+    key_seed: int = 10_000  # held out: collection and demos use keys derived from `seed`
+    cfg_beta: float | None = None  # classifier-free guidance at evaluation (needs indicator dropout)
+    gif_episodes: int = 2  # high and low episodes each in the GIF
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One whole RECAP-Ψ study: SFT → collect → value → labels → RECAP/BC-all → evaluation."""
+
+    name: str
+    description: str
+    seed: int = 0
+    iterations: int = 1  # > 1: the π*0.6 loop (collect with the latest policy, retrain value and policy)
+    env: EnvSettings = field(default_factory=EnvSettings)
+    policy: Overrides = ()  # fields of recap_jax.policy.PolicyConfig
+    value: Overrides = ()  # fields of the value-network config
+    demos: DemoSettings = field(default_factory=DemoSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    collect: CollectSettings = field(default_factory=CollectSettings)
+    value_training: ValueSettings = field(default_factory=ValueSettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    evaluate: EvalSettings = field(default_factory=EvalSettings)
+    budget: str = ""  # the arithmetic behind the preset's time budget
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sft.init_step <= self.sft.steps:
+            raise ValueError(f"sft.init_step={self.sft.init_step} must be in (0, sft.steps={self.sft.steps}]")
+        if self.evaluate.cfg_beta is not None and self.finetune.indicator_dropout <= 0.0:
+            raise ValueError("evaluate.cfg_beta needs finetune.indicator_dropout > 0 (an unconditional policy)")
+        if self.finetune.init not in ("sft_init", "scratch"):
+            raise ValueError(f"finetune.init must be 'sft_init' or 'scratch', got {self.finetune.init!r}")
+        if not 0.0 < self.labels.positive_fraction < 1.0:
+            raise ValueError(f"labels.positive_fraction must be in (0, 1), got {self.labels.positive_fraction}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+
+    def env_steps(self) -> dict[str, int]:
+        """Upper bound on control steps simulated per stage (episodes × episode limit)."""
+        t = self.env.episode_length
+        screens = len(self.sft.candidate_steps) * self.collect.screen_episodes
+        return {
+            "demos": self.demos.num_demos * t,
+            "collect": self.iterations * (self.collect.episodes + screens) * t,
+            "evaluate": self.iterations * 5 * self.evaluate.episodes * t,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def override(cfg: StudyConfig, **changes: Any) -> StudyConfig:
+    """Returns ``cfg`` with dotted fields replaced, e.g. ``override(cfg, **{"sft.steps": 10})``.
+
+    All changes are applied in one ``replace`` so that validation sees the final config.
+    """
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, sub in nested.items():
+        top[head] = dataclasses.replace(top.get(head, getattr(cfg, head)), **sub)
+    return dataclasses.replace(cfg, **top)
+
+
+# ---- smoke: every stage for real on a 2-core CPU in <= ~10 minutes --------------------------------
+# Budget (2 CPU cores, measured by `recap_bendpick --preset smoke`; see results/smoke/):
+#   envs: 8 batched envs, episode limit 150 control steps (3 s), 5 replans of Ta = 24 ... 30 actions.
+#   simulated control steps: demos 8×150 + collect 16×150 + eval 5 conditions × 16×150 = 15.6k
+#   (×10 physics substeps each); at ~1-2 ms per batched control step per env on CPU that is < 2 min.
+#   training: SFT 300 + RECAP 150 + BC-all 150 steps at batch 16 on a ~0.1 M-parameter policy (< 1 min);
+#   value 5 epochs over ~16 episodes (seconds).
+#   compiles (dominant on CPU, shared through the persistent cache): expert rollout, policy rollout
+#   (one program: params, prompts and β are traced, so all 5 conditions reuse it), policy train step,
+#   value train + inference step: ~5 programs at 20-60 s each, cached after the first run.
+SMOKE = StudyConfig(
+    name="smoke",
+    description="2-core CPU, <= 10 min: tiny models, few episodes, every stage for real",
+    seed=0,
+    env=EnvSettings(episode_length=150, image_size=(48, 80), randomization_level=0, replan_every=24),
+    policy=(("width", 64), ("depth", 2), ("num_heads", 2), ("mlp_ratio", 2)),
+    value=(("width", 64),),
+    demos=DemoSettings(num_demos=8, num_envs=8, expert_noise=0.0),
+    sft=SFTSettings(steps=300, init_step=150, batch_size=16, learning_rate=3e-4, warmup_steps=20, log_every=50),
+    collect=CollectSettings(episodes=16, num_envs=8),
+    value_training=ValueSettings(epochs=5, batch_size=64),
+    labels=LabelSettings(positive_fraction=0.3),
+    finetune=FinetuneSettings(steps=150, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=50),
+    evaluate=EvalSettings(episodes=16, num_envs=8, gif_episodes=1),
+    budget=(
+        "8 envs x 150 control steps; simulated steps: demos 1.2k + collect 2.4k + eval 12k = 15.6k; "
+        "train steps: SFT 300 + RECAP 150 + BC 150 at batch 16; value 5 epochs; "
+        "~5 compiled programs (expert rollout, policy rollout shared by all conditions, policy train step, "
+        "value train/apply), persistent-cached"
+    ),
+)
+
+# ---- gpu: each stage <= 10 min, the whole study ~20 min on one H100 --------------------------------
+GPU = StudyConfig(
+    name="gpu",
+    description="one H100: each stage within 10 min, whole study ~20 min; conditions large enough to separate",
+    seed=0,
+    env=EnvSettings(episode_length=400, image_size=(90, 160), randomization_level=1, replan_every=24),
+    policy=(("width", 256), ("depth", 4), ("num_heads", 4), ("mlp_ratio", 4)),
+    value=(("width", 256),),
+    demos=DemoSettings(num_demos=128, num_envs=128, expert_noise=0.0),
+    sft=SFTSettings(
+        steps=6_000,
+        init_step=3_000,
+        candidate_steps=(1_500, 3_000, 4_500),
+        batch_size=64,
+        learning_rate=1e-4,
+        warmup_steps=300,
+        log_every=200,
+    ),
+    collect=CollectSettings(episodes=512, num_envs=256, screen_episodes=64),
+    value_training=ValueSettings(epochs=30, batch_size=256),
+    labels=LabelSettings(positive_fraction=0.3),
+    finetune=FinetuneSettings(steps=6_000, batch_size=64, learning_rate=1e-4, warmup_steps=300, log_every=200),
+    evaluate=EvalSettings(episodes=512, num_envs=256, gif_episodes=2),
+    budget=(
+        "256 envs x 400 control steps per wave: collect 2 waves + screening 3x64 + eval 5 conditions x 2 waves; "
+        "SFT 6k and RECAP/BC 6k steps each at batch 64 on a ~5 M-parameter policy; value 30 epochs"
+    ),
+)
+
+# ---- paper: RECAP-Ψ's settings ---------------------------------------------------------------------
+PAPER = StudyConfig(
+    name="paper",
+    description="the paper's settings (RECAP-Ψ Sec. 3-4, App. B); needs Ψ0-scale compute",
+    seed=0,
+    env=EnvSettings(episode_length=600, image_size=(180, 320), randomization_level=1, replan_every=24),
+    policy=(),  # the stage's defaults: Ψ0's action expert (width 1536, 6 blocks, 24 heads)
+    value=(),
+    demos=DemoSettings(num_demos=100, num_envs=100),
+    sft=SFTSettings(steps=40_000, init_step=20_000, batch_size=128, learning_rate=1e-4, warmup_steps=1_000),
+    collect=CollectSettings(episodes=500, num_envs=100),
+    value_training=ValueSettings(epochs=50, batch_size=256, learning_rate=3e-4, val_fraction=0.1, split_seed=42),
+    labels=LabelSettings(positive_fraction=0.3, n_step=None),
+    finetune=FinetuneSettings(steps=40_000, batch_size=128, learning_rate=1e-4, warmup_steps=1_000),
+    evaluate=EvalSettings(episodes=500, num_envs=100, gif_episodes=3),
+    budget="paper scale: SFT 40k + RECAP 40k + BC-all 40k steps at batch 128; 500 + 5x500 episodes of 600 steps",
+)
+
+PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, GPU, PAPER)}
+
+
+def get_preset(name: str) -> StudyConfig:
+    """Returns the named preset; an unknown name raises ``ValueError`` naming the closest preset."""
+    if name in PRESETS:
+        return PRESETS[name]
+    close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.0)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"Unknown preset {name!r}.{hint} Known presets: {', '.join(sorted(PRESETS))}.")

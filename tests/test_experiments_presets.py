@@ -1,0 +1,50 @@
+"""Presets: named, frozen, validated; a typo is answered with the closest name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from experiments import presets
+
+
+def test_presets_are_frozen_and_named():
+    assert set(presets.PRESETS) == {"smoke", "gpu", "paper"}
+    for name, cfg in presets.PRESETS.items():
+        assert cfg.name == name and cfg.budget
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.seed = 1  # type: ignore[misc]
+        assert cfg.to_dict()["name"] == name
+
+
+def test_paper_preset_matches_paper():
+    p = presets.get_preset("paper")
+    assert p.demos.num_demos == 100
+    assert (p.sft.init_step, p.sft.steps) == (20_000, 40_000)
+    assert p.collect.episodes == 500 and p.env.episode_length == 600
+    assert p.value_training.epochs == 50 and p.value_training.split_seed == 42
+    assert (p.finetune.steps, p.finetune.batch_size, p.finetune.learning_rate) == (40_000, 128, 1e-4)
+    assert p.evaluate.episodes == 500 and p.labels.positive_fraction == 0.3
+
+
+@pytest.mark.parametrize(("typo", "closest"), [("smoek", "smoke"), ("papr", "paper"), ("gpus", "gpu")])
+def test_unknown_preset_names_closest(typo, closest):
+    with pytest.raises(ValueError, match=f"Did you mean '{closest}'"):
+        presets.get_preset(typo)
+
+
+def test_override_and_validation():
+    cfg = presets.override(presets.get_preset("smoke"), **{"sft.steps": 40, "sft.init_step": 20, "seed": 5})
+    assert (cfg.sft.steps, cfg.sft.init_step, cfg.seed) == (40, 20, 5)
+    assert presets.get_preset("smoke").sft.steps != 40  # the preset itself is untouched
+    with pytest.raises(ValueError, match="init_step"):
+        presets.override(cfg, **{"sft.init_step": 100})
+    with pytest.raises(ValueError, match="indicator_dropout"):
+        presets.override(cfg, **{"evaluate.cfg_beta": 2.0})
+
+
+def test_smoke_budget_is_small():
+    s = presets.get_preset("smoke")
+    assert sum(s.env_steps().values()) <= 20_000
+    assert s.evaluate.num_envs <= 8 and s.collect.num_envs <= 8
