@@ -1,0 +1,58 @@
+"""Training machinery shared by the policy (flow matching) and the value function (201-bin CE)."""
+
+from recap_jax.train.sharding import (
+    BATCH_AXES,
+    DATA,
+    FSDP,
+    MESH_AXES,
+    abstract_with_shardings,
+    batch_sharding,
+    fsdp_spec,
+    init_sharded,
+    jit_train_step,
+    make_mesh,
+    put_batch,
+    replicated,
+    state_shardings,
+)
+from recap_jax.train.state import (
+    DEFAULT_FROZEN,
+    OptimizerConfig,
+    TrainState,
+    combine,
+    count_params,
+    learning_rate_schedule,
+    make_optimizer,
+    partition,
+    step_key,
+    trainable_mask,
+)
+from recap_jax.train.step import make_eval_step, make_train_step
+
+__all__ = [
+    "BATCH_AXES",
+    "DATA",
+    "DEFAULT_FROZEN",
+    "FSDP",
+    "MESH_AXES",
+    "OptimizerConfig",
+    "TrainState",
+    "abstract_with_shardings",
+    "batch_sharding",
+    "combine",
+    "count_params",
+    "fsdp_spec",
+    "init_sharded",
+    "jit_train_step",
+    "learning_rate_schedule",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "partition",
+    "put_batch",
+    "replicated",
+    "state_shardings",
+    "step_key",
+    "trainable_mask",
+]
