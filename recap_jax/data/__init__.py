@@ -1,5 +1,6 @@
 """Episode storage and training-batch loading."""
 
+from recap_jax.data.loader import HORIZON, LoaderConfig, WindowLoader, norm_stats
 from recap_jax.data.store import (
     ACTION_DIM,
     STATE_DIM,
@@ -9,4 +10,15 @@ from recap_jax.data.store import (
     StoreError,
 )
 
-__all__ = ["ACTION_DIM", "STATE_DIM", "CorruptShardError", "Episode", "EpisodeStore", "StoreError"]
+__all__ = [
+    "ACTION_DIM",
+    "HORIZON",
+    "STATE_DIM",
+    "CorruptShardError",
+    "Episode",
+    "EpisodeStore",
+    "LoaderConfig",
+    "StoreError",
+    "WindowLoader",
+    "norm_stats",
+]
