@@ -1,0 +1,268 @@
+"""Evaluation statistics (host-side numpy + math; no scipy): rates, intervals, tests, ranking metrics.
+
+Rates and interval ends are fractions in [0, 1]. Every two-sided p-value uses the standard normal
+(computed with ``math.erfc``) unless stated otherwise; the inverse normal is Acklam's rational
+approximation refined by one Halley step (|error| < 1e-13 on (1e-300, 1 − 1e-16)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# -------------------------------------------------------------------------------- normal distribution
+
+
+def norm_cdf(x: float) -> float:
+    """Φ(x) for the standard normal."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def norm_sf(x: float) -> float:
+    """1 − Φ(x), accurate in the upper tail."""
+    return 0.5 * math.erfc(x / math.sqrt(2.0))
+
+
+_A = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+      -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
+_B = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+      -1.328068155288572e01)  # fmt: skip
+_C = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+      4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+_D = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+
+
+def norm_ppf(p: float) -> float:
+    """Φ⁻¹(p) for p in (0, 1): Acklam's approximation plus one Halley refinement step."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"norm_ppf needs a probability in (0, 1), got {p!r}")
+    p_low = 0.02425
+    if p < p_low:
+        q = math.sqrt(-2.0 * math.log(p))
+        x = (((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
+            (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
+        )
+    elif p <= 1.0 - p_low:
+        q = p - 0.5
+        r = q * q
+        x = (
+            (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5])
+            * q
+            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
+        )
+    else:
+        q = math.sqrt(-2.0 * math.log1p(-p))
+        x = -(((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]) / (
+            (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
+        )
+    # Halley step on f(x) = Φ(x) − p (use the upper tail for p > 0.5 to keep precision).
+    e = norm_cdf(x) - p if p <= 0.5 else (1.0 - p) - norm_sf(x)
+    u = e * math.sqrt(2.0 * math.pi) * math.exp(0.5 * x * x)
+    return x - u / (1.0 + 0.5 * x * u)
+
+
+def _z_crit(confidence: float) -> float:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    return norm_ppf(0.5 + 0.5 * confidence)
+
+
+# -------------------------------------------------------------------------------- proportions
+
+
+def _check_counts(k, n, name: str = "") -> tuple[int, int]:
+    sfx = f" ({name})" if name else ""
+    for v, what in ((k, "k"), (n, "n")):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise ValueError(f"{what}{sfx} must be an int count, got {v!r}")
+    if n <= 0:
+        raise ValueError(f"n{sfx} must be positive, got n={n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n{sfx}, got k={k}, n={n}")
+    return int(k), int(n)
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n.
+
+    Returns: (low, high), fractions in [0, 1].
+    """
+    k, n = _check_counts(k, n)
+    z = _z_crit(confidence)
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def two_proportion_ztest(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
+    """Two-proportion z-test of p1 = p2 with the pooled standard error.
+
+    z = (p1 − p2) / sqrt(p̄(1 − p̄)(1/n1 + 1/n2)), p̄ = (k1 + k2)/(n1 + n2).
+
+    Returns: (z, two-sided p). If both samples are all-success or all-failure, (0.0, 1.0).
+    """
+    k1, n1 = _check_counts(k1, n1, "sample 1")
+    k2, n2 = _check_counts(k2, n2, "sample 2")
+    pooled = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0.0:
+        return 0.0, 1.0
+    z = (k1 / n1 - k2 / n2) / se
+    return z, min(1.0, 2.0 * norm_sf(abs(z)))
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wald (unpooled) interval for p1 − p2: (p1 − p2) ± z·sqrt(p1(1 − p1)/n1 + p2(1 − p2)/n2).
+
+    Returns: (low, high) as fractions (may be negative; within [−1, 1]).
+    """
+    k1, n1 = _check_counts(k1, n1, "sample 1")
+    k2, n2 = _check_counts(k2, n2, "sample 2")
+    z = _z_crit(confidence)
+    p1, p2 = k1 / n1, k2 / n2
+    half = z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    return max(-1.0, p1 - p2 - half), min(1.0, p1 - p2 + half)
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Paired comparison of two conditions on the same episodes.
+
+    n01: episodes where condition a failed and b succeeded; n10: a succeeded, b failed.
+    statistic: the χ² value (continuity-corrected) or, for the exact test, min(n01, n10).
+    method: "exact" (two-sided binomial, p = 0.5) or "chi2" (1 d.o.f., continuity correction).
+    """
+
+    n01: int
+    n10: int
+    statistic: float
+    p_value: float
+    method: str
+
+
+def mcnemar_test(a, b, exact_threshold: int = 25) -> McNemarResult:
+    """McNemar's test for paired binary outcomes (e.g. two prompts evaluated on the same reset keys).
+
+    With d = n01 + n10 discordant pairs: if d < ``exact_threshold`` the exact two-sided binomial test
+    p = min(1, 2·P[Bin(d, ½) ≤ min(n01, n10)]); otherwise χ² = (|n01 − n10| − 1)²/d with 1 d.o.f. and
+    p = erfc(sqrt(χ²/2)). No discordant pairs gives p = 1.
+
+    Args: a, b: bool/0-1 arrays [N], the per-episode success of each condition, aligned by episode.
+    Returns: :class:`McNemarResult`.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"shape mismatch: a {a.shape} vs b {b.shape} (want equal 1-d per-episode outcomes)")
+    if a.size == 0:
+        raise ValueError("need at least one paired episode (n = 0)")
+    for x, name in ((a, "a"), (b, "b")):
+        if not np.all((x == 0) | (x == 1)):
+            raise ValueError(f"{name} must hold binary outcomes (bool or 0/1)")
+    a, b = a.astype(bool), b.astype(bool)
+    n01, n10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
+    d = n01 + n10
+    if d == 0:
+        return McNemarResult(n01, n10, 0.0, 1.0, "exact")
+    if d < exact_threshold:
+        m = min(n01, n10)
+        tail = sum(math.comb(d, i) for i in range(m + 1)) / 2.0**d
+        return McNemarResult(n01, n10, float(m), min(1.0, 2.0 * tail), "exact")
+    chi2 = (abs(n01 - n10) - 1.0) ** 2 / d
+    return McNemarResult(n01, n10, chi2, math.erfc(math.sqrt(chi2 / 2.0)), "chi2")
+
+
+# -------------------------------------------------------------------------------- regression / ranking
+
+
+def _paired_1d(x, y, names=("x", "y")) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if np.shape(x) != np.shape(y):
+        raise ValueError(f"shape mismatch: {names[0]} has {x.size} entries, {names[1]} {y.size}")
+    if x.size == 0:
+        raise ValueError(f"{names[0]} and {names[1]} are empty (n = 0)")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError(f"{names[0]} or {names[1]} contains non-finite values")
+    return x, y
+
+
+def mse(pred, target) -> float:
+    """Mean squared error over all entries. Args: pred, target of equal shape. Returns: float."""
+    if np.shape(pred) != np.shape(target):
+        raise ValueError(f"shape mismatch: pred {np.shape(pred)} vs target {np.shape(target)}")
+    p, t = _paired_1d(pred, target, ("pred", "target"))
+    return float(np.mean((p - t) ** 2))
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x), np.float64)
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = 0.5 * (s + e - 1) + 1.0
+    return ranks
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve = P(score_pos > score_neg) + ½·P(tie) (Mann–Whitney U / (n_pos·n_neg)).
+
+    Args: scores: float [N]; labels: bool/0-1 [N] (1 = positive, e.g. a successful episode).
+    Returns: float in [0, 1].
+    """
+    s, lab = _paired_1d(scores, labels, ("scores", "labels"))
+    if not np.all((lab == 0) | (lab == 1)):
+        raise ValueError("labels must be binary (bool or 0/1)")
+    pos = lab == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"roc_auc needs both classes, got {n_pos} positives and {n_neg} negatives")
+    ranks = _midranks(s)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _tie_sums(x: np.ndarray) -> tuple[float, float, float]:
+    _, counts = np.unique(x, return_counts=True)
+    t = counts.astype(np.float64)
+    return float(np.sum(t * (t - 1))), float(np.sum(t * (t - 1) * (t - 2))), float(np.sum(t * (t - 1) * (2 * t + 5)))
+
+
+def kendall_tau(x, y, block: int = 2048) -> tuple[float, float]:
+    """Kendall's τ-b and a two-sided p-value from the normal approximation with tie-corrected variance.
+
+    τ_b = S / sqrt((n0 − n1)(n0 − n2)), S = Σ_{i<j} sign(x_i − x_j)·sign(y_i − y_j), n0 = n(n − 1)/2,
+    n1 = Σ t(t − 1)/2 over tie groups of x, n2 likewise for y. Var(S) = (v0 − vt − vu)/18
+    + Σt(t−1)·Σu(u−1)/(2n(n−1)) + Σt(t−1)(t−2)·Σu(u−1)(u−2)/(9n(n−1)(n−2)), v0 = n(n−1)(2n+5);
+    z = S/sqrt(Var(S)), p = 2·(1 − Φ(|z|)). Exact pair counting in row blocks (O(n²) time, O(block·n)
+    memory).
+
+    Args: x, y: float [N], N ≥ 2, neither constant.
+    Returns: (tau_b, p).
+    """
+    x, y = _paired_1d(x, y)
+    n = x.size
+    if n < 2:
+        raise ValueError(f"kendall_tau needs at least 2 pairs, got n={n}")
+    s = 0.0
+    for i in range(0, n, block):
+        dx = np.sign(x[i : i + block, None] - x[None, :])
+        dy = np.sign(y[i : i + block, None] - y[None, :])
+        s += float(np.sum(dx * dy))
+    s /= 2.0  # every unordered pair was counted twice
+    tx1, tx2, tx3 = _tie_sums(x)
+    ty1, ty2, ty3 = _tie_sums(y)
+    n0 = n * (n - 1) / 2.0
+    denom = math.sqrt((n0 - tx1 / 2.0) * (n0 - ty1 / 2.0))
+    if denom == 0.0:
+        raise ValueError("kendall_tau is undefined when x or y is constant")
+    tau = s / denom
+    var = (n * (n - 1) * (2 * n + 5) - tx3 - ty3) / 18.0 + tx1 * ty1 / (2.0 * n * (n - 1))
+    if n > 2:
+        var += tx2 * ty2 / (9.0 * n * (n - 1) * (n - 2))
+    z = s / math.sqrt(var)
+    return float(tau), min(1.0, 2.0 * norm_sf(abs(z)))
