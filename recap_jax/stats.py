@@ -8,7 +8,7 @@ approximation refined by one Halley step (|error| < 1e-13 on (1e-300, 1 − 1e-1
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,15 +73,21 @@ def _z_crit(confidence: float) -> float:
 
 
 def _check_counts(k, n, name: str = "") -> tuple[int, int]:
+    """Validates a success count k of n trials; integral floats (e.g. 154.0) are accepted."""
     sfx = f" ({name})" if name else ""
+    out = []
     for v, what in ((k, "k"), (n, "n")):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        if isinstance(v, bool | np.bool_) or not isinstance(v, int | float | np.integer | np.floating):
             raise ValueError(f"{what}{sfx} must be an int count, got {v!r}")
+        if not (math.isfinite(v) and float(v).is_integer()):
+            raise ValueError(f"{what}{sfx} must be an int count, got {v!r}")
+        out.append(int(v))
+    k, n = out
     if n <= 0:
         raise ValueError(f"n{sfx} must be positive, got n={n}")
     if not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n{sfx}, got k={k}, n={n}")
-    return int(k), int(n)
+    return k, n
 
 
 def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -115,32 +121,32 @@ def two_proportion_ztest(k1: int, n1: int, k2: int, n2: int) -> tuple[float, flo
     return z, min(1.0, 2.0 * norm_sf(abs(z)))
 
 
-def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wald (unpooled) interval for p1 − p2: (p1 − p2) ± z·sqrt(p1(1 − p1)/n1 + p2(1 − p2)/n2).
+def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Wald (unpooled) interval for the difference d = p1 − p2: d ± z·sqrt(p1(1 − p1)/n1 + p2(1 − p2)/n2).
 
-    Returns: (low, high) as fractions (may be negative; within [−1, 1]).
+    Returns: (d, low, high) as fractions (low/high clipped to [−1, 1]).
     """
     k1, n1 = _check_counts(k1, n1, "sample 1")
     k2, n2 = _check_counts(k2, n2, "sample 2")
     z = _z_crit(confidence)
     p1, p2 = k1 / n1, k2 / n2
     half = z * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    return max(-1.0, p1 - p2 - half), min(1.0, p1 - p2 + half)
+    return p1 - p2, max(-1.0, p1 - p2 - half), min(1.0, p1 - p2 + half)
 
 
-@dataclass(frozen=True)
-class McNemarResult:
-    """Paired comparison of two conditions on the same episodes.
+class McNemarResult(NamedTuple):
+    """Paired comparison of two conditions on the same episodes (a tuple: ``stat, p, *_ = result``).
 
-    n01: episodes where condition a failed and b succeeded; n10: a succeeded, b failed.
     statistic: the χ² value (continuity-corrected) or, for the exact test, min(n01, n10).
-    method: "exact" (two-sided binomial, p = 0.5) or "chi2" (1 d.o.f., continuity correction).
+    p_value: two-sided p.
+    n01: episodes where condition a failed and b succeeded; n10: a succeeded and b failed.
+    method: "exact" (two-sided binomial with p = ½) or "chi2" (1 d.o.f., continuity correction).
     """
 
-    n01: int
-    n10: int
     statistic: float
     p_value: float
+    n01: int
+    n10: int
     method: str
 
 
@@ -166,13 +172,13 @@ def mcnemar_test(a, b, exact_threshold: int = 25) -> McNemarResult:
     n01, n10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
     d = n01 + n10
     if d == 0:
-        return McNemarResult(n01, n10, 0.0, 1.0, "exact")
+        return McNemarResult(0.0, 1.0, n01, n10, "exact")
     if d < exact_threshold:
         m = min(n01, n10)
         tail = sum(math.comb(d, i) for i in range(m + 1)) / 2.0**d
-        return McNemarResult(n01, n10, float(m), min(1.0, 2.0 * tail), "exact")
+        return McNemarResult(float(m), min(1.0, 2.0 * tail), n01, n10, "exact")
     chi2 = (abs(n01 - n10) - 1.0) ** 2 / d
-    return McNemarResult(n01, n10, chi2, math.erfc(math.sqrt(chi2 / 2.0)), "chi2")
+    return McNemarResult(chi2, math.erfc(math.sqrt(chi2 / 2.0)), n01, n10, "chi2")
 
 
 # -------------------------------------------------------------------------------- regression / ranking

@@ -40,8 +40,12 @@ def test_section5_z_tests_and_difference_intervals():
     # Symmetry: swapping the samples flips z, keeps p.
     z_sw, p_sw = S.two_proportion_ztest(107, 498, 154, 500)
     assert z_sw == pytest.approx(-z_hl) and p_sw == pytest.approx(p_hl)
-    assert [round(100 * v, 1) for v in S.difference_interval(154, 500, 107, 498)] == [3.9, 14.7]
-    assert [round(100 * v, 1) for v in S.difference_interval(154, 500, 91, 500)] == [7.3, 17.9]
+    d_hl, lo_hl, hi_hl = S.difference_interval(154, 500, 107, 498)
+    d_rb, lo_rb, hi_rb = S.difference_interval(154, 500, 91, 500)
+    assert [round(100 * v, 1) for v in (d_hl, lo_hl, hi_hl)] == [9.3, 3.9, 14.7]
+    assert [round(100 * v, 1) for v in (d_rb, lo_rb, hi_rb)] == [12.6, 7.3, 17.9]
+    # Integral floats are accepted as counts (e.g. sums of float success arrays).
+    assert S.two_proportion_ztest(154.0, 500, 91.0, 500.0) == S.two_proportion_ztest(154, 500, 91, 500)
     assert S.two_proportion_ztest(0, 10, 0, 20) == (0.0, 1.0)
 
 
@@ -74,6 +78,10 @@ def test_wilson_properties_and_errors():
         S.wilson_interval(1, 10, 1.0)
     with pytest.raises(ValueError, match="int count"):
         S.wilson_interval(1.5, 10)
+    with pytest.raises(ValueError, match="int count"):
+        S.wilson_interval(True, 10)
+    with pytest.raises(ValueError, match="int count"):
+        S.wilson_interval(1, float("nan"))
     with pytest.raises(ValueError, match="sample 2"):
         S.two_proportion_ztest(1, 10, 5, 4)
     with pytest.raises(ValueError, match="sample 1"):
@@ -180,6 +188,8 @@ def test_mcnemar_exact_and_chi2():
     assert (r2.n10, r2.n01, r2.method) == (40, 20, "chi2")
     assert r2.statistic == pytest.approx(19**2 / 60)
     assert r2.p_value == pytest.approx(2 * S.norm_sf(math.sqrt(19**2 / 60)))
+    stat, p, *_ = r2  # a tuple: (statistic, p_value, n01, n10, method)
+    assert (stat, p) == (r2.statistic, r2.p_value) and r2[1] == r2.p_value
     assert S.mcnemar_test(a, a).p_value == 1.0
     assert S.mcnemar_test([1, 0], [0, 1]).p_value == 1.0
     with pytest.raises(ValueError, match="shape mismatch"):
