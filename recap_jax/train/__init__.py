@@ -1,5 +1,16 @@
 """Training machinery shared by the policy (flow matching) and the value function (201-bin CE)."""
 
+from recap_jax.train.checkpoints import (
+    Checkpointer,
+    git_commit,
+    load_assets,
+    load_inference_params,
+    make_assets,
+    norm_stats_from_assets,
+)
+from recap_jax.train.distributed import initialize, shutdown
+from recap_jax.train.loop import LoopConfig, NonFiniteError, init_or_restore, train
+from recap_jax.train.metrics import MetricWriter, ProgressBar, is_main_process, read_jsonl
 from recap_jax.train.sharding import (
     BATCH_AXES,
     DATA,
@@ -35,24 +46,40 @@ __all__ = [
     "DEFAULT_FROZEN",
     "FSDP",
     "MESH_AXES",
+    "Checkpointer",
+    "LoopConfig",
+    "MetricWriter",
+    "NonFiniteError",
     "OptimizerConfig",
+    "ProgressBar",
     "TrainState",
     "abstract_with_shardings",
     "batch_sharding",
     "combine",
     "count_params",
     "fsdp_spec",
+    "git_commit",
+    "init_or_restore",
     "init_sharded",
+    "initialize",
+    "is_main_process",
     "jit_train_step",
     "learning_rate_schedule",
+    "load_assets",
+    "load_inference_params",
+    "make_assets",
     "make_eval_step",
     "make_mesh",
     "make_optimizer",
     "make_train_step",
+    "norm_stats_from_assets",
     "partition",
     "put_batch",
+    "read_jsonl",
     "replicated",
+    "shutdown",
     "state_shardings",
     "step_key",
+    "train",
     "trainable_mask",
 ]

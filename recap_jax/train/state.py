@@ -10,7 +10,7 @@ state is built over the trainable leaves only; frozen positions hold ``None``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -196,6 +196,7 @@ class TrainState:
         *,
         ema: bool = False,
         frozen: Sequence[str] = DEFAULT_FROZEN,
+        mask: PyTree | Callable[[PyTree], PyTree] | None = None,
     ) -> TrainState:
         """A fresh state at step 0.
 
@@ -205,8 +206,15 @@ class TrainState:
           rng: a raw uint32 [2] key (``jax.random.PRNGKey``) or a typed key (converted to raw data).
           ema: keep an exponential moving average of the trainable leaves.
           frozen: path names whose leaves are never trained.
+          mask: optional bool pytree (or a function ``params -> bool pytree``, e.g.
+            ``recap_jax.policy.trainable_mask``) further restricting the trained leaves; it is
+            intersected with the floating/frozen rule above.
         """
-        mask = trainable_mask(params, frozen)
+        base = trainable_mask(params, frozen)
+        if mask is not None:
+            extra = mask(params) if callable(mask) else mask
+            base = jax.tree.map(lambda a, b: bool(a) and bool(b), base, extra)
+        mask = base
         params = jax.tree.map(lambda x, m: x.astype(jnp.float32) if m else x, params, mask)
         trainable, _ = partition(params, mask)
         if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):

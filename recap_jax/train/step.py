@@ -72,7 +72,7 @@ def make_train_step(
             return loss.astype(jnp.float32), aux
 
         (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = tx.update(grads, state.opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
@@ -100,8 +100,8 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
-            "param_norm": optax.global_norm(new_trainable),
-            "update_norm": optax.global_norm(updates),
+            "param_norm": optax.tree.norm(new_trainable),
+            "update_norm": optax.tree.norm(updates),
             "finite": finite.astype(jnp.float32),
         }
         if lr_schedule is not None:
