@@ -7,9 +7,13 @@ Every function takes ``(…, num_bins=201, v_min=-1.0, v_max=0.0)`` in this posi
 
 Inputs are checked eagerly when they are concrete (outside ``jit``): a non-finite return raises
 ``ValueError``. Under ``jit`` no data-dependent check is possible; non-finite returns then produce NaN.
+Each public function validates in Python and then calls one module-level jitted kernel (static bin
+support), so an eager call compiles once per shape rather than once per primitive.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +46,38 @@ def bin_centers(num_bins: int = NUM_BINS, v_min: float = V_MIN, v_max: float = V
     Returns: float32 [num_bins], b_0 = v_min, b_{K−1} = v_max.
     """
     _check_support(num_bins, v_min, v_max)
-    return jnp.linspace(v_min, v_max, num_bins, dtype=jnp.float32)
+    return jnp.asarray(np.linspace(v_min, v_max, num_bins), jnp.float32)
+
+
+_STATIC = ("num_bins", "v_min", "v_max")
 
 
 def _scaled(returns: jax.Array, num_bins: int, v_min: float, v_max: float) -> jax.Array:
-    """Continuous bin coordinate u = (clip(r) − v_min)/Δ ∈ [0, K − 1]."""
+    """Continuous bin coordinate u = (clip(r) − v_min)/Δ ∈ [0, K − 1] (traceable, no checks)."""
+    r = jnp.clip(returns.astype(jnp.float32), v_min, v_max)
+    return (r - v_min) * ((num_bins - 1) / (v_max - v_min))
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _discretize(returns, num_bins, v_min, v_max):
+    return jnp.clip(jnp.round(_scaled(returns, num_bins, v_min, v_max)), 0, num_bins - 1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _two_hot(returns, num_bins, v_min, v_max):
+    u = _scaled(returns, num_bins, v_min, v_max)
+    lo = jnp.clip(jnp.floor(u), 0, num_bins - 2)
+    w_hi = u - lo
+    lo_i = lo.astype(jnp.int32)
+    return (
+        jax.nn.one_hot(lo_i, num_bins) * (1.0 - w_hi)[..., None] + jax.nn.one_hot(lo_i + 1, num_bins) * w_hi[..., None]
+    )
+
+
+def _checked_returns(returns, num_bins, v_min, v_max) -> jax.Array:
     _check_support(num_bins, v_min, v_max)
     _check_finite(returns, "returns")
-    r = jnp.clip(jnp.asarray(returns, jnp.float32), v_min, v_max)
-    return (r - v_min) * ((num_bins - 1) / (v_max - v_min))
+    return jnp.asarray(returns)
 
 
 def discretize(returns: jax.Array, num_bins: int = NUM_BINS, v_min: float = V_MIN, v_max: float = V_MAX) -> jax.Array:
@@ -59,8 +86,8 @@ def discretize(returns: jax.Array, num_bins: int = NUM_BINS, v_min: float = V_MI
     Args: returns: float [...] scalar returns.
     Returns: int32 [...] in [0, num_bins − 1].
     """
-    u = _scaled(returns, num_bins, v_min, v_max)
-    return jnp.clip(jnp.round(u), 0, num_bins - 1).astype(jnp.int32)
+    r = _checked_returns(returns, num_bins, v_min, v_max)
+    return _discretize(r, num_bins=num_bins, v_min=float(v_min), v_max=float(v_max))
 
 
 def two_hot(returns: jax.Array, num_bins: int = NUM_BINS, v_min: float = V_MIN, v_max: float = V_MAX) -> jax.Array:
@@ -71,13 +98,24 @@ def two_hot(returns: jax.Array, num_bins: int = NUM_BINS, v_min: float = V_MIN, 
     Args: returns: float [...].
     Returns: float32 [..., num_bins].
     """
-    u = _scaled(returns, num_bins, v_min, v_max)
-    lo = jnp.clip(jnp.floor(u), 0, num_bins - 2)
-    w_hi = u - lo
-    lo_i = lo.astype(jnp.int32)
-    return (
-        jax.nn.one_hot(lo_i, num_bins) * (1.0 - w_hi)[..., None] + jax.nn.one_hot(lo_i + 1, num_bins) * w_hi[..., None]
-    )
+    r = _checked_returns(returns, num_bins, v_min, v_max)
+    return _two_hot(r, num_bins=num_bins, v_min=float(v_min), v_max=float(v_max))
+
+
+@partial(jax.jit, static_argnames=(*_STATIC, "target", "reduction"))
+def _categorical_loss(logits, returns, w, num_bins, v_min, v_max, target, reduction):
+    # Zero the logits of weight-0 rows first, so padding (even NaN) reaches neither the loss nor its gradient.
+    logits = jnp.where((w != 0)[..., None], logits.astype(jnp.float32), 0.0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    if target == "nearest":
+        idx = _discretize(returns, num_bins=num_bins, v_min=v_min, v_max=v_max)
+        loss = -jnp.take_along_axis(logp, idx[..., None], axis=-1)[..., 0]
+    else:
+        loss = -jnp.sum(_two_hot(returns, num_bins=num_bins, v_min=v_min, v_max=v_max) * logp, axis=-1)
+    loss = jnp.where(w != 0, loss, 0.0) * w
+    if reduction == "mean":
+        return jnp.sum(loss) / jnp.maximum(jnp.sum(w), 1e-12)
+    return loss
 
 
 def categorical_loss(
@@ -104,7 +142,7 @@ def categorical_loss(
     Returns: float32 [...] or float32 [].
     """
     logits = jnp.asarray(logits)
-    returns = jnp.asarray(returns)
+    returns = _checked_returns(returns, num_bins, v_min, v_max)
     if logits.ndim < 1 or logits.shape[-1] != num_bins:
         raise ValueError(f"logits last axis must be num_bins={num_bins}, got shape {logits.shape}")
     if logits.shape[:-1] != returns.shape:
@@ -120,18 +158,22 @@ def categorical_loss(
         if w.shape != returns.shape:
             raise ValueError(f"weights shape {w.shape} must equal returns shape {returns.shape}")
         w = w.astype(jnp.float32)
-    # Zero the logits of weight-0 rows first, so padding (even NaN) reaches neither the loss nor its gradient.
-    logits = jnp.where((w != 0)[..., None], logits.astype(jnp.float32), 0.0)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    if target == "nearest":
-        idx = discretize(returns, num_bins, v_min, v_max)
-        loss = -jnp.take_along_axis(logp, idx[..., None], axis=-1)[..., 0]
-    else:
-        loss = -jnp.sum(two_hot(returns, num_bins, v_min, v_max) * logp, axis=-1)
-    loss = jnp.where(w != 0, loss, 0.0) * w
-    if reduction == "mean":
-        return jnp.sum(loss) / jnp.maximum(jnp.sum(w), 1e-12)
-    return loss
+    return _categorical_loss(
+        logits,
+        returns,
+        w,
+        num_bins=num_bins,
+        v_min=float(v_min),
+        v_max=float(v_max),
+        target=target,
+        reduction=reduction,
+    )
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _expected_value(logits, num_bins, v_min, v_max):
+    centers = jnp.linspace(v_min, v_max, num_bins, dtype=jnp.float32)
+    return jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * centers, axis=-1)
 
 
 def expected_value(
@@ -142,8 +184,8 @@ def expected_value(
     Args: logits: float [..., num_bins].
     Returns: float32 [...] in [v_min, v_max].
     """
+    _check_support(num_bins, v_min, v_max)
     logits = jnp.asarray(logits)
     if logits.ndim < 1 or logits.shape[-1] != num_bins:
         raise ValueError(f"logits last axis must be num_bins={num_bins}, got shape {logits.shape}")
-    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.sum(p * bin_centers(num_bins, v_min, v_max), axis=-1)
+    return _expected_value(logits, num_bins=num_bins, v_min=float(v_min), v_max=float(v_max))
