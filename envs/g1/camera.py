@@ -270,8 +270,10 @@ def render_all(
     """
     if geom_xpos.shape != (scene.ngeom, 3):
         raise ValueError(f"geom_xpos must be [{scene.ngeom}, 3], got {geom_xpos.shape}")
-    xmat = jnp.reshape(geom_xmat, (scene.ngeom, 3, 3))
-    cam_mat = jnp.reshape(cam_mat, (3, 3))
+    geom_xpos = jnp.asarray(geom_xpos, jnp.float32)
+    xmat = jnp.reshape(jnp.asarray(geom_xmat, jnp.float32), (scene.ngeom, 3, 3))
+    cam_pos = jnp.asarray(cam_pos, jnp.float32)
+    cam_mat = jnp.reshape(jnp.asarray(cam_mat, jnp.float32), (3, 3))
     geom_rgb = scene.geom_rgb if geom_rgb is None else geom_rgb
     light_dir = scene.light_dir if light_dir is None else light_dir
     light_rgb = scene.light_rgb if light_rgb is None else light_rgb
@@ -370,8 +372,8 @@ def camera_pose(scene: Scene, data: Any, offset: jax.Array | None = None, rotati
     ``offset`` float32 [3] (camera frame, metres) and ``rotation`` float32 [3, 3] (applied in the
     camera frame) jitter the pose, e.g. for level-2 randomisation.
     """
-    pos = data.cam_xpos[scene.camera_id]
-    mat = jnp.reshape(data.cam_xmat[scene.camera_id], (3, 3))
+    pos = jnp.asarray(data.cam_xpos[scene.camera_id], jnp.float32)
+    mat = jnp.reshape(jnp.asarray(data.cam_xmat[scene.camera_id], jnp.float32), (3, 3))
     if offset is not None:
         pos = pos + mat @ offset
     if rotation is not None:
