@@ -16,6 +16,7 @@ mask [D] is passed separately as ``dim_mask`` (trailing-aligned).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +28,16 @@ BETA_BETA = 1.0
 BETA_SIGMA_MIN = 0.001
 
 
-def _lead_align(x: jax.Array, ndim: int, name: str) -> jax.Array:
+def _check_lead(x, shape: tuple[int, ...], name: str) -> None:
+    """Raises unless ``x`` (scalar or leading-aligned, e.g. [B] for [B, H, D]) broadcasts to ``shape``."""
+    xs = jnp.shape(x)
+    if len(xs) > len(shape) or any(a not in (1, b) for a, b in zip(xs, shape)):
+        raise ValueError(f"{name} shape {xs} is not leading-aligned with shape {tuple(shape)}")
+
+
+def _lead_align(x: jax.Array, ndim: int) -> jax.Array:
     """Appends trailing singleton axes so ``x`` (scalar or leading-aligned) broadcasts to rank ``ndim``."""
     x = jnp.asarray(x)
-    if x.ndim > ndim:
-        raise ValueError(f"{name} has rank {x.ndim} ({x.shape}), more than the actions' rank {ndim}")
     return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
@@ -52,7 +58,13 @@ def interpolate(actions: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.A
     Returns: float [..., H, D] (dtype of ``actions``).
     """
     _check_same_shape(actions=actions, noise=noise)
-    s = _lead_align(sigma, jnp.ndim(actions), "sigma").astype(jnp.result_type(actions))
+    _check_lead(sigma, jnp.shape(actions), "sigma")
+    return _interpolate(actions, noise, sigma)
+
+
+@jax.jit
+def _interpolate(actions, noise, sigma):
+    s = _lead_align(sigma, actions.ndim).astype(actions.dtype)
     return (1.0 - s) * actions + s * noise
 
 
@@ -63,7 +75,7 @@ def velocity_target(actions: jax.Array, noise: jax.Array) -> jax.Array:
     Returns: float [..., H, D].
     """
     _check_same_shape(actions=actions, noise=noise)
-    return noise - actions
+    return jnp.subtract(noise, actions)
 
 
 def flow_matching_loss(
@@ -98,28 +110,34 @@ def flow_matching_loss(
     if reduction not in ("mean", "per_example"):
         raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'per_example'")
     ndim = jnp.ndim(pred)
-    weight = jnp.ones((1,) * ndim, jnp.float32)
+    if ndim < 1:
+        raise ValueError(f"pred must have at least one axis, got shape {jnp.shape(pred)}")
     if mask is not None:
-        m = jnp.asarray(mask)
-        if m.ndim < ndim:
-            m = _lead_align(m, ndim, "mask")
+        m_shape = jnp.shape(mask)
+        aligned = m_shape + (1,) * (ndim - len(m_shape)) if len(m_shape) < ndim else m_shape
         try:
-            jnp.broadcast_shapes(m.shape, pred.shape)
+            if len(m_shape) > ndim:
+                raise ValueError
+            jnp.broadcast_shapes(aligned, pred.shape)
         except ValueError as e:
-            raise ValueError(f"mask shape {jnp.shape(mask)} does not broadcast to pred shape {pred.shape}") from e
-        weight = weight * m.astype(jnp.float32)
+            raise ValueError(f"mask shape {m_shape} does not broadcast to pred shape {pred.shape}") from e
+    if dim_mask is not None and jnp.shape(dim_mask) != pred.shape[-1:]:
+        raise ValueError(f"dim_mask must have shape [{pred.shape[-1]}] (action dim), got {jnp.shape(dim_mask)}")
+    return _masked_mse(pred, actions, noise, mask, dim_mask, reduction=reduction)
+
+
+@partial(jax.jit, static_argnames=("reduction",))
+def _masked_mse(pred, actions, noise, mask, dim_mask, reduction):
+    weight = jnp.ones(pred.shape, jnp.float32)
+    if mask is not None:
+        weight = weight * _lead_align(mask, pred.ndim).astype(jnp.float32)
     if dim_mask is not None:
-        dm = jnp.asarray(dim_mask)
-        if dm.ndim != 1 or dm.shape[0] != pred.shape[-1]:
-            raise ValueError(f"dim_mask must have shape [{pred.shape[-1]}] (action dim), got {dm.shape}")
-        weight = weight * dm.astype(jnp.float32)
-    weight = jnp.broadcast_to(weight, pred.shape)
-    valid = weight > 0
-    diff = pred.astype(jnp.float32) - velocity_target(actions, noise).astype(jnp.float32)
-    err = jnp.square(jnp.where(valid, diff, 0.0)) * weight  # where before the square: finite gradients
+        weight = weight * dim_mask.astype(jnp.float32)
+    diff = pred.astype(jnp.float32) - (noise.astype(jnp.float32) - actions.astype(jnp.float32))
+    err = jnp.square(jnp.where(weight > 0, diff, 0.0)) * weight  # where before the square: finite gradients
     if reduction == "mean":
         return jnp.sum(err) / jnp.maximum(jnp.sum(weight), 1e-12)
-    axes = tuple(range(1, ndim))
+    axes = tuple(range(1, pred.ndim))
     return jnp.sum(err, axis=axes) / jnp.maximum(jnp.sum(weight, axis=axes), 1e-12)
 
 
@@ -135,6 +153,7 @@ def sample_sigma(key: jax.Array, shape: tuple[int, ...], kind: str = "uniform") 
 
     Returns: float32 ``shape``.
     """
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if kind == "uniform":
         return jax.random.uniform(key, shape, jnp.float32)
     if kind == "beta":
@@ -185,5 +204,11 @@ def cfg_velocity(v_cond: jax.Array, v_uncond: jax.Array, beta: jax.Array | float
     Returns: float [..., H, D].
     """
     _check_same_shape(v_cond=v_cond, v_uncond=v_uncond)
-    b = _lead_align(beta, jnp.ndim(v_cond), "beta").astype(jnp.result_type(v_cond))
+    _check_lead(beta, jnp.shape(v_cond), "beta")
+    return _cfg(v_cond, v_uncond, beta)
+
+
+@jax.jit
+def _cfg(v_cond, v_uncond, beta):
+    b = _lead_align(beta, v_cond.ndim).astype(v_cond.dtype)
     return v_uncond + b * (v_cond - v_uncond)
