@@ -18,6 +18,8 @@ traced. Arguments that are concrete (plain Python/numpy values) are validated ea
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,9 +37,12 @@ def _check_finite(x, name: str) -> None:
 
 
 def _check_static_int(x, name: str, minimum: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, int | np.integer) or x < minimum:
-        raise ValueError(f"{name} must be a static int >= {minimum}, got {x!r}")
-    return int(x)
+    """A Python/numpy int (or a concrete integer 0-d array) ≥ minimum, as a Python int."""
+    if _concrete(x) and not isinstance(x, bool | np.bool_):
+        arr = np.asarray(x)
+        if arr.shape == () and np.issubdtype(arr.dtype, np.integer) and int(arr) >= minimum:
+            return int(arr)
+    raise ValueError(f"{name} must be a static int >= {minimum}, got {x!r}")
 
 
 def time_to_completion_returns(
@@ -82,15 +87,18 @@ def time_to_completion_returns(
         ns = np.asarray(n_steps)
         if ns.shape != () or not 1 <= int(ns) <= max_steps:
             raise ValueError(f"n_steps must be a scalar in [1, max_steps={max_steps}], got {n_steps!r}")
+    values, mask = _ttc_row(num_queries, n_steps, success, max_steps=max_steps, length=length)
+    return values if max_queries is None else (values, mask)
+
+
+@partial(jax.jit, static_argnames=("max_steps", "length"))
+def _ttc_row(num_queries, n_steps, success, max_steps, length):
     q = jnp.asarray(num_queries, jnp.int32)
     i = jnp.arange(length, dtype=jnp.float32)
-    denom = jnp.maximum(q - 1, 1).astype(jnp.float32)
-    remaining = jnp.where(q > 1, 1.0 - i / denom, 1.0)
+    remaining = jnp.where(q > 1, 1.0 - i / jnp.maximum(q - 1, 1).astype(jnp.float32), 1.0)
     scale = (jnp.asarray(n_steps, jnp.float32) - 1.0) / (max_steps - 1)
     ok = jnp.asarray(success).astype(bool)
     values = jnp.clip(jnp.where(ok, -scale * remaining, -1.0), -1.0, 0.0)
-    if max_queries is None:
-        return values
     mask = jnp.arange(length) < q
     return jnp.where(mask, values, 0.0), mask
 
@@ -119,6 +127,11 @@ def step_rewards(length, success, c_fail, max_len: int):
         _check_finite(c_fail, "c_fail")
         if float(np.asarray(c_fail)) < 0:
             raise ValueError(f"c_fail must be >= 0, got {c_fail!r}")
+    return _step_rewards(length, success, c_fail, max_len=max_len)
+
+
+@partial(jax.jit, static_argnames=("max_len",))
+def _step_rewards(length, success, c_fail, max_len):
     length = jnp.asarray(length, jnp.int32)
     c = jnp.asarray(c_fail, jnp.float32)
     t = jnp.arange(max_len)
@@ -139,16 +152,21 @@ def monte_carlo_returns(rewards, mask=None, discount: float = 1.0):
 
     Returns: float32 [..., T].
     """
-    rewards = jnp.asarray(rewards, jnp.float32)
+    rewards = jnp.asarray(rewards)
     if rewards.ndim < 1:
         raise ValueError(f"rewards must have a time axis, got shape {rewards.shape}")
     if not 0.0 < discount <= 1.0:
         raise ValueError(f"discount must be in (0, 1], got {discount!r}")
     _check_finite(rewards, "rewards")
+    if mask is not None and jnp.shape(mask) != rewards.shape:
+        raise ValueError(f"mask shape {jnp.shape(mask)} must equal rewards shape {rewards.shape}")
+    return _reward_to_go(rewards, mask, discount=float(discount))
+
+
+@partial(jax.jit, static_argnames=("discount",))
+def _reward_to_go(rewards, mask, discount):
+    rewards = rewards.astype(jnp.float32)
     if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        if mask.shape != rewards.shape:
-            raise ValueError(f"mask shape {mask.shape} must equal rewards shape {rewards.shape}")
         rewards = jnp.where(mask, rewards, 0.0)
 
     def body(g, r):
@@ -173,14 +191,19 @@ def returns_to_rewards(returns, mask=None):
 
     Returns: float32 [..., Q].
     """
-    g = jnp.asarray(returns, jnp.float32)
+    g = jnp.asarray(returns)
     if g.ndim < 1:
         raise ValueError(f"returns must have a decision axis, got shape {g.shape}")
-    _check_finite(g, "returns")
+    if mask is not None and jnp.shape(mask) != g.shape:
+        raise ValueError(f"mask shape {jnp.shape(mask)} must equal returns shape {g.shape}")
+    _check_finite(g if mask is None or not _concrete(mask) else np.where(np.asarray(mask), g, 0.0), "returns")
+    return _returns_to_rewards(g, mask)
+
+
+@jax.jit
+def _returns_to_rewards(g, mask):
+    g = g.astype(jnp.float32)
     if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        if mask.shape != g.shape:
-            raise ValueError(f"mask shape {mask.shape} must equal returns shape {g.shape}")
         g = jnp.where(mask, g, 0.0)
     nxt = jnp.concatenate([g[..., 1:], jnp.zeros_like(g[..., :1])], axis=-1)
     r = g - nxt
@@ -220,31 +243,37 @@ def n_step_advantages(rewards, values, n: int, *, mask=None, length=None):
     Returns: float32 [..., Q]; 0 at invalid entries.
     """
     n = _check_static_int(n, "n", 1)
-    rewards = jnp.asarray(rewards, jnp.float32)
-    values = jnp.asarray(values, jnp.float32)
+    rewards, values = jnp.asarray(rewards), jnp.asarray(values)
     if rewards.shape != values.shape or rewards.ndim < 1:
         raise ValueError(f"shape mismatch: rewards {rewards.shape} vs values {values.shape} (want equal [..., Q])")
     if mask is not None and length is not None:
         raise ValueError("pass either mask or length, not both")
     q = rewards.shape[-1]
     if mask is not None:
-        mask = jnp.asarray(mask, bool)
-        if mask.shape != rewards.shape:
-            raise ValueError(f"mask shape {mask.shape} must equal rewards shape {rewards.shape}")
-        length = jnp.sum(mask, axis=-1, dtype=jnp.int32)
-        if _concrete(mask) and not bool(jnp.all(mask == (jnp.arange(q) < length[..., None]))):
-            raise ValueError("mask must be a valid prefix (True entries first, then False) in every row")
+        if jnp.shape(mask) != rewards.shape:
+            raise ValueError(f"mask shape {jnp.shape(mask)} must equal rewards shape {rewards.shape}")
+        if _concrete(mask):
+            m = np.asarray(mask, bool)
+            length = m.sum(-1).astype(np.int32)
+            if not np.array_equal(m, np.arange(q) < length[..., None]):
+                raise ValueError("mask must be a valid prefix (True entries first, then False) in every row")
+        else:
+            length = jnp.sum(mask, axis=-1, dtype=jnp.int32)
     elif length is None:
-        length = jnp.full(rewards.shape[:-1], q, jnp.int32)
+        length = np.full(rewards.shape[:-1], q, np.int32)
     else:
-        length = jnp.asarray(length, jnp.int32)
-        if length.shape != rewards.shape[:-1]:
-            raise ValueError(f"length shape {length.shape} must equal the leading shape {rewards.shape[:-1]}")
-        if _concrete(length) and not bool(jnp.all((length >= 0) & (length <= q))):
+        if jnp.shape(length) != rewards.shape[:-1]:
+            raise ValueError(f"length shape {jnp.shape(length)} must equal the leading shape {rewards.shape[:-1]}")
+        if _concrete(length) and not np.all((np.asarray(length) >= 0) & (np.asarray(length) <= q)):
             raise ValueError(f"length must lie in [0, {q}], got {np.asarray(length)}")
-    if _concrete(mask if mask is not None else length):
-        valid = jnp.arange(q) < length[..., None]
-        _check_finite(jnp.where(valid, rewards, 0.0), "rewards")
-        _check_finite(jnp.where(valid, values, 0.0), "values")
+    if _concrete(length):
+        valid = np.arange(q) < np.asarray(length)[..., None]
+        _check_finite(np.where(valid, rewards, 0.0) if _concrete(rewards) else rewards, "rewards")
+        _check_finite(np.where(valid, values, 0.0) if _concrete(values) else values, "values")
+    return _n_step(rewards, values, length, n=n)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def _n_step(rewards, values, length, n):
     row = jnp.vectorize(lambda r, v, L: _n_step_row(r, v, L, n), signature="(q),(q),()->(q)")
-    return row(rewards, values, length)
+    return row(rewards.astype(jnp.float32), values.astype(jnp.float32), jnp.asarray(length, jnp.int32))

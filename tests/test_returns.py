@@ -18,7 +18,9 @@ def test_eq1_success_and_failure():
     np.testing.assert_allclose(R.time_to_completion_returns(25, 600, False), -np.ones(25))
     # Faster episodes get higher returns at the same decision point; all values in [-1, 0].
     fast, slow = R.time_to_completion_returns(8, 150, True), R.time_to_completion_returns(8, 500, True)
-    assert bool(jnp.all(fast[:-1] > slow[:-1]))
+    assert np.all(np.asarray(fast)[:-1] > np.asarray(slow)[:-1])
+    # Numpy / jax integer scalars (e.g. from an Episode) are accepted as the static query count.
+    np.testing.assert_allclose(R.time_to_completion_returns(np.int64(5), jnp.int32(300), np.bool_(True)), r)
     np.testing.assert_allclose(R.time_to_completion_returns(3, 600, True)[0], -1.0, rtol=1e-6)
     # Q == 1: the only decision point is the episode start (the i = 0 value), documented choice.
     np.testing.assert_allclose(R.time_to_completion_returns(1, 300, True), [base], rtol=1e-6)
@@ -26,9 +28,9 @@ def test_eq1_success_and_failure():
 
 
 def test_eq1_padded_row_jit_vmap_no_retrace():
-    nq = jnp.array([5, 1, 25, 3])
-    ns = jnp.array([300, 40, 600, 77])
-    ok = jnp.array([True, True, False, True])
+    nq = np.array([5, 1, 25, 3])
+    ns = np.array([300, 40, 600, 77])
+    ok = np.array([True, True, False, True])
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -89,7 +91,7 @@ def test_step_rewards_and_mc_returns():
 
 
 def test_step_rewards_vmap_and_errors():
-    lengths, succ = jnp.array([3, 10, 7]), jnp.array([True, False, False])
+    lengths, succ = np.array([3, 10, 7]), np.array([True, False, False])
     rw, mask = jax.jit(jax.vmap(lambda a, b: R.step_rewards(a, b, 2.0, 10)))(lengths, succ)
     chex.assert_shape(rw, (3, 10))
     for i in range(3):
@@ -101,9 +103,9 @@ def test_step_rewards_vmap_and_errors():
     with pytest.raises(ValueError, match="c_fail"):
         R.step_rewards(3, True, -1.0, 10)
     with pytest.raises(ValueError, match="non-finite"):
-        R.monte_carlo_returns(jnp.array([0.0, jnp.nan]))
+        R.monte_carlo_returns(np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="discount"):
-        R.monte_carlo_returns(jnp.zeros(3), discount=0.0)
+        R.monte_carlo_returns(np.zeros(3), discount=0.0)
 
 
 def _brute_n_step(r, v, n, length):
@@ -134,8 +136,8 @@ def test_n_step_matches_brute_force_with_padding(n):
 
 
 def test_n_step_telescopes_to_return_minus_value():
-    g = R.time_to_completion_returns(6, 200, True)
-    v = jnp.linspace(-0.9, -0.1, 6)
+    g = np.asarray(R.time_to_completion_returns(6, 200, True))
+    v = np.linspace(-0.9, -0.1, 6).astype(np.float32)
     r = R.returns_to_rewards(g)
     np.testing.assert_allclose(R.monte_carlo_returns(r), g, atol=1e-6)
     np.testing.assert_allclose(R.n_step_advantages(r, v, 6), g - v, atol=1e-6)
@@ -143,9 +145,10 @@ def test_n_step_telescopes_to_return_minus_value():
 
 
 def test_n_step_jit_vmap_no_retrace_and_errors():
-    r = jax.random.normal(jax.random.key(0), (5, 12))
-    v = jax.random.normal(jax.random.key(1), (5, 12))
-    lengths = jnp.array([12, 3, 7, 0, 1])
+    rng = np.random.default_rng(7)
+    r = rng.normal(size=(5, 12)).astype(np.float32)
+    v = rng.normal(size=(5, 12)).astype(np.float32)
+    lengths = np.array([12, 3, 7, 0, 1])
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -153,7 +156,7 @@ def test_n_step_jit_vmap_no_retrace_and_errors():
         return R.n_step_advantages(r, v, 3, length=L)
 
     out = f(r, v, lengths)
-    loop = jnp.stack([R.n_step_advantages(r[i], v[i], 3, length=lengths[i]) for i in range(5)])
+    loop = np.stack([R.n_step_advantages(r[i], v[i], 3, length=lengths[i]) for i in range(5)])
     np.testing.assert_allclose(out, loop, atol=1e-6)
     vm = jax.vmap(lambda a, b, c: R.n_step_advantages(a, b, 3, length=c))(r, v, lengths)
     np.testing.assert_allclose(vm, out, atol=1e-6)
@@ -163,8 +166,16 @@ def test_n_step_jit_vmap_no_retrace_and_errors():
     with pytest.raises(ValueError, match="shape mismatch"):
         R.n_step_advantages(r, v[:, :5], 2)
     with pytest.raises(ValueError, match="prefix"):
-        R.n_step_advantages(r[0], v[0], 2, mask=jnp.arange(12) % 2 == 0)
-    with pytest.raises(ValueError, match="non-finite"):
-        R.n_step_advantages(r.at[0, 0].set(jnp.nan), v, 2)
+        R.n_step_advantages(r[0], v[0], 2, mask=np.arange(12) % 2 == 0)
+    bad = r.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="rewards contains non-finite"):
+        R.n_step_advantages(bad, v, 2)
+    bad[0, 0], bad[1, 5] = 0.0, np.inf  # non-finite padding past the valid length is fine
+    np.testing.assert_array_equal(R.n_step_advantages(bad, v, 2, length=lengths)[1, 3:], 0.0)
     with pytest.raises(ValueError, match="not both"):
-        R.n_step_advantages(r, v, 2, mask=jnp.ones((5, 12), bool), length=lengths)
+        R.n_step_advantages(r, v, 2, mask=np.ones((5, 12), bool), length=lengths)
+    with pytest.raises(ValueError, match="length must lie"):
+        R.n_step_advantages(r, v, 2, length=np.array([13, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="length shape"):
+        R.n_step_advantages(r, v, 2, length=np.array([3, 3]))
