@@ -1,0 +1,462 @@
+"""The learned policy: System-2 encoder + System-1 action expert, normalisation, sampling and loss.
+
+Flow time is Ψ0's (see ``recap_jax.flow``): σ = 1 noise, σ = 0 data, x_σ = (1 − σ)x + σε, target ε − x,
+10 Euler steps from σ = 1 to 0.
+
+``PolicyParams`` is one pytree: the NNX graphdef and the static ``PolicyConfig`` are static fields,
+the NNX parameter state and the ``NormStats`` are traced. ``sample_actions`` and ``policy_loss`` are
+pure functions of it, so swapping checkpoints, prompts or β under ``jax.jit`` never recompiles.
+
+Normalisation (Ψ0's): min–max to [−1, 1] from dataset statistics, clipped; a dimension whose max equals
+its min is passed through unchanged. The normalised 32-d state is zero-padded to 36 for the expert.
+``NormStats.identity()`` (the default) passes every dimension through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from recap_jax import flow
+from recap_jax.models import action_expert as ae
+from recap_jax.models import encoder as enc
+from recap_jax.models.tokenizer import PAD_ID, ByteTokenizer
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Static policy configuration.
+
+    Attributes:
+      action_expert: expert preset ("psi0", "small", "tiny").
+      encoder: System-2 preset ("base" (C = 2048, pairs with psi0), "small", "tiny"); its ``out_dim``
+        must equal the expert's ``context_dim``.
+      image_size: (H, W) of the egocentric image the policy sees (multiples of the patch size 16).
+      prompt_max_len: L of the tokenised prompts (``ByteTokenizer(max_len=L)``).
+      chunk: H, actions per chunk (30). execute: Ta, actions executed per query (24).
+      action_dim / state_dim: 36 / 32 (the state is zero-padded to ``action_dim``).
+      padded_action_dims: indices of action dimensions that are padding (masked in and out).
+      state_dropout / context_dropout: expert input dropouts (Ψ0: 0.2 / 0.1).
+      indicator_dropout: probability of training on the bare prompt instead of the advantage-labelled one
+        (π*0.6: 0.3). 0 = trained without: classifier-free guidance (β ≠ 1) is then refused.
+      dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+      num_steps: Euler steps at inference (10).
+      sigma_kind: training σ distribution, "uniform" (Ψ0) or "beta" (π0).
+    """
+
+    action_expert: str = "tiny"
+    encoder: str = "tiny"
+    image_size: tuple[int, int] = (96, 160)
+    prompt_max_len: int = 64
+    chunk: int = 30
+    execute: int = 24
+    action_dim: int = 36
+    state_dim: int = 32
+    padded_action_dims: tuple[int, ...] = ()
+    state_dropout: float = 0.2
+    context_dropout: float = 0.1
+    indicator_dropout: float = 0.0
+    dtype: str = "float32"
+    num_steps: int = 10
+    sigma_kind: str = "uniform"
+
+    def __post_init__(self):
+        for name in ("state_dropout", "context_dropout", "indicator_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.state_dim > self.action_dim:
+            raise ValueError(f"state_dim {self.state_dim} > action_dim {self.action_dim}: cannot pad the state")
+        if not 0 < self.execute <= self.chunk:
+            raise ValueError(f"execute must be in (0, chunk={self.chunk}], got {self.execute}")
+        if any(not 0 <= d < self.action_dim for d in self.padded_action_dims):
+            raise ValueError(f"padded_action_dims {self.padded_action_dims} out of range [0, {self.action_dim})")
+        if self.sigma_kind not in flow.SIGMA_KINDS:
+            raise ValueError(f"sigma_kind must be one of {flow.SIGMA_KINDS}, got {self.sigma_kind!r}")
+        e, c = self.expert_config(), self.encoder_config()
+        if c.out_dim != e.context_dim:
+            raise ValueError(
+                f"encoder {self.encoder!r} gives {c.out_dim}-d context but expert {self.action_expert!r} "
+                f"reads {e.context_dim}-d; pick matching presets (tiny/tiny, small/small, base/psi0)"
+            )
+        c.num_tokens(self.image_size, self.prompt_max_len)
+
+    def expert_config(self) -> ae.ActionExpertConfig:
+        return ae.get_config(
+            self.action_expert,
+            chunk=self.chunk,
+            action_dim=self.action_dim,
+            state_dropout=self.state_dropout,
+            context_dropout=self.context_dropout,
+            dtype=self.dtype,
+        )
+
+    def encoder_config(self) -> enc.EncoderConfig:
+        return enc.get_config(self.encoder, dtype=self.dtype)
+
+    def action_dim_mask(self) -> np.ndarray:
+        """bool [A], False on padded action dimensions."""
+        m = np.ones(self.action_dim, bool)
+        m[list(self.padded_action_dims)] = False
+        return m
+
+    def tokenizer(self) -> ByteTokenizer:
+        return ByteTokenizer(max_len=self.prompt_max_len)
+
+
+@struct.dataclass
+class NormStats:
+    """Min–max statistics. state_min/max float32 [S]; action_min/max float32 [A]."""
+
+    state_min: jax.Array
+    state_max: jax.Array
+    action_min: jax.Array
+    action_max: jax.Array
+
+    @classmethod
+    def from_arrays(cls, states, actions) -> NormStats:
+        """From data: states float [N, S], actions float [..., A] (e.g. [N, A] or [N, H, A])."""
+        s = np.asarray(states, np.float32)
+        a = np.asarray(actions, np.float32)
+        if s.ndim != 2 or a.ndim < 2 or s.shape[0] == 0 or a.size == 0:
+            raise ValueError(f"need states [N, S] and actions [..., A] with N > 0, got {s.shape} and {a.shape}")
+        a = a.reshape(-1, a.shape[-1])
+        if not (np.isfinite(s).all() and np.isfinite(a).all()):
+            raise ValueError("states/actions contain non-finite values")
+        return cls(jnp.asarray(s.min(0)), jnp.asarray(s.max(0)), jnp.asarray(a.min(0)), jnp.asarray(a.max(0)))
+
+    @classmethod
+    def identity(cls, state_dim: int = 32, action_dim: int = 36) -> NormStats:
+        """Statistics that pass every dimension through (max = min)."""
+        zs, za = jnp.zeros(state_dim, jnp.float32), jnp.zeros(action_dim, jnp.float32)
+        return cls(zs, zs, za, za)
+
+
+def normalize(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Min–max to [−1, 1], clipped; dims with hi == lo pass through. x float [..., D] → float32 [..., D]."""
+    x = jnp.asarray(x, jnp.float32)
+    span = hi - lo
+    ok = span > 0
+    y = 2.0 * (x - lo) / jnp.where(ok, span, 1.0) - 1.0
+    return jnp.where(ok, jnp.clip(y, -1.0, 1.0), x)
+
+
+def unnormalize(y: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Inverse of ``normalize`` (input clipped to [−1, 1] on normalised dims). float [..., D] → float32."""
+    y = jnp.asarray(y, jnp.float32)
+    span = hi - lo
+    return jnp.where(span > 0, (jnp.clip(y, -1.0, 1.0) + 1.0) * 0.5 * span + lo, y)
+
+
+class PolicyModel(nnx.Module):
+    """Encoder (System-2) and action expert (System-1) in one NNX module."""
+
+    def __init__(self, cfg: PolicyConfig, rngs: nnx.Rngs):
+        self.encoder = enc.VitEncoder(cfg.encoder_config(), rngs)
+        self.expert = ae.ActionExpert(cfg.expert_config(), rngs)
+
+
+@struct.dataclass
+class PolicyParams:
+    """The policy as a pytree: ``model`` (nnx.State of float32 params) and ``norm`` are traced."""
+
+    model: nnx.State
+    norm: NormStats
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    config: PolicyConfig = struct.field(pytree_node=False)
+
+
+def init_policy(config: PolicyConfig, key: jax.Array | int, norm_stats: NormStats | None = None) -> PolicyParams:
+    """Initialises a policy (parameters float32). ``norm_stats=None`` → ``NormStats.identity``."""
+    key = jax.random.key(key) if isinstance(key, int) else key
+    graphdef, state = nnx.split(PolicyModel(config, nnx.Rngs(params=key)))
+    norm = norm_stats if norm_stats is not None else NormStats.identity(config.state_dim, config.action_dim)
+    _check_norm(config, norm)
+    return PolicyParams(model=state, norm=norm, graphdef=graphdef, config=config)
+
+
+def abstract_policy(config: PolicyConfig) -> PolicyParams:
+    """``init_policy`` as ShapeDtypeStructs (no allocation), e.g. for sharding rules or restore targets."""
+    return jax.eval_shape(lambda: init_policy(config, jax.random.key(0)))
+
+
+def with_norm_stats(params: PolicyParams, norm_stats: NormStats) -> PolicyParams:
+    """Returns ``params`` carrying new normalisation statistics."""
+    _check_norm(params.config, norm_stats)
+    return params.replace(norm=norm_stats)
+
+
+def trainable_mask(params: PolicyParams) -> PolicyParams:
+    """Same-structure pytree of bools: True on the model parameters, False on the norm stats.
+
+    Use it with ``optax.masked`` (or ``optax.multi_transform``) so the optimiser never touches the
+    statistics (``policy_loss`` stops their gradient; this also keeps weight decay off them).
+    """
+    return params.replace(
+        model=jax.tree.map(lambda _: True, params.model), norm=jax.tree.map(lambda _: False, params.norm)
+    )
+
+
+def _check_norm(config: PolicyConfig, norm: NormStats) -> None:
+    want = {"state_min": config.state_dim, "state_max": config.state_dim}
+    want |= {"action_min": config.action_dim, "action_max": config.action_dim}
+    for name, d in want.items():
+        if tuple(getattr(norm, name).shape) != (d,):
+            raise ValueError(f"NormStats.{name} must have shape ({d},), got {getattr(norm, name).shape}")
+
+
+def _model(params: PolicyParams) -> PolicyModel:
+    return nnx.merge(params.graphdef, params.model)
+
+
+def _norm(params: PolicyParams) -> NormStats:
+    return jax.lax.stop_gradient(params.norm)
+
+
+def normalize_state(params: PolicyParams, state: jax.Array) -> jax.Array:
+    """float [B, S] raw state → float32 [B, A]: normalised, zero-padded to the action dim."""
+    cfg, n = params.config, _norm(params)
+    if state.shape[-1] != cfg.state_dim:
+        raise ValueError(f"state must be [B, {cfg.state_dim}], got {state.shape}")
+    s = normalize(state, n.state_min, n.state_max)
+    return jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, cfg.action_dim - cfg.state_dim)])
+
+
+def normalize_actions(params: PolicyParams, actions: jax.Array) -> jax.Array:
+    """float [..., A] absolute actions → float32 [..., A] in [−1, 1] (constant dims passed through)."""
+    n = _norm(params)
+    return normalize(actions, n.action_min, n.action_max)
+
+
+def unnormalize_actions(params: PolicyParams, actions: jax.Array) -> jax.Array:
+    """float [..., A] normalised → float32 [..., A] absolute."""
+    n = _norm(params)
+    return unnormalize(actions, n.action_min, n.action_max)
+
+
+def _prompt_mask(ids: jax.Array, mask: jax.Array | None) -> jax.Array:
+    if mask is None:
+        return ids != PAD_ID
+    if mask.shape != ids.shape:
+        raise ValueError(f"prompt mask {mask.shape} must match prompt ids {ids.shape}")
+    return mask.astype(bool)
+
+
+def _check_image(cfg: PolicyConfig, image: jax.Array, batch: int) -> None:
+    want = (batch, *cfg.image_size, 3)
+    if tuple(image.shape) != want or image.dtype != jnp.uint8:
+        raise ValueError(f"image must be uint8 {list(want)}, got {image.dtype} {list(image.shape)}")
+
+
+def encode_observation(
+    params: PolicyParams, image: jax.Array, prompt_ids: jax.Array, prompt_mask: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """System-2 features: u8 [B, H, W, 3], i32 [B, L], bool [B, L] (default ids != PAD)
+    → (tokens float32 [B, N, C], mask bool [B, N]). For a frozen-feature value function wrap the call
+    in ``jax.lax.stop_gradient``."""
+    _check_image(params.config, image, prompt_ids.shape[0])
+    tokens, mask = _model(params).encoder(image, prompt_ids, _prompt_mask(prompt_ids, prompt_mask))
+    return tokens.astype(jnp.float32), mask
+
+
+def pooled_features(
+    params: PolicyParams, image: jax.Array, prompt_ids: jax.Array, prompt_mask: jax.Array | None = None
+) -> jax.Array:
+    """Masked mean of ``encode_observation``'s tokens: float32 [B, C]."""
+    return enc.pool(*encode_observation(params, image, prompt_ids, prompt_mask))
+
+
+def _concrete_float(x) -> float | None:
+    """The Python float value of a concrete scalar, None if traced or not a scalar."""
+    try:
+        arr = np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    return float(arr) if arr.size == 1 else None
+
+
+def sample_actions(
+    params: PolicyParams,
+    obs: dict,
+    prompt_ids: jax.Array,
+    key: jax.Array,
+    *,
+    beta: float | jax.Array = 1.0,
+    uncond_ids: jax.Array | None = None,
+    prefix: jax.Array | None = None,
+    prompt_mask: jax.Array | None = None,
+    uncond_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Samples a chunk of absolute actions with ``config.num_steps`` Euler steps (σ: 1 → 0).
+
+    Args:
+      params: ``PolicyParams``.
+      obs: {"state": float [B, 32], "image": uint8 [B, H, W, 3]} (extra keys are ignored).
+      prompt_ids: int32 [B, L] conditioned prompt ("advantage: high. ...") or the bare instruction.
+      key: PRNG key for the initial noise.
+      beta: CFG weight (scalar or [B]); v = v_uncond + β(v_cond − v_uncond). β = 1 (default) needs no
+        ``uncond_ids``. β ≠ 1 needs ``uncond_ids`` and a checkpoint trained with indicator dropout.
+      uncond_ids: int32 [B, L] bare-instruction ids for CFG (None = no guidance).
+      prefix: optional float [B, P, 36] absolute actions (P ≤ H, static) to inpaint (real-time chunking):
+        the first P tokens follow the straight path from their noise to the prefix, so the model
+        denoises the rest consistently with it; the returned chunk starts with exactly ``prefix``.
+      prompt_mask / uncond_mask: bool [B, L]; default ids != PAD.
+
+    Returns: float32 [B, H, 36] absolute actions.
+    """
+    cfg = params.config
+    state, image = obs["state"], obs["image"]
+    b = prompt_ids.shape[0]
+    if state.shape != (b, cfg.state_dim):
+        raise ValueError(f"obs['state'] must be [{b}, {cfg.state_dim}], got {state.shape}")
+    _check_image(cfg, image, b)
+    beta_value = _concrete_float(beta)
+    use_cfg = uncond_ids is not None and beta_value != 1.0
+    if uncond_ids is None and beta_value is not None and beta_value != 1.0:
+        raise ValueError(f"beta={beta_value} ≠ 1 needs uncond_ids (the bare-instruction prompt) for guidance")
+    if use_cfg and cfg.indicator_dropout <= 0.0:
+        raise ValueError(
+            "classifier-free guidance (beta ≠ 1 with uncond_ids) needs a checkpoint trained with "
+            "indicator_dropout > 0; this one was trained without (the bare prompt is out of distribution)"
+        )
+
+    h, a = cfg.chunk, cfg.action_dim
+    if prefix is not None and (
+        prefix.ndim != 3 or prefix.shape[0] != b or prefix.shape[2] != a or not 0 < prefix.shape[1] <= h
+    ):
+        raise ValueError(f"prefix must be [{b}, P, {a}] with 0 < P ≤ {h}, got {prefix.shape}")
+
+    model = _model(params)
+    mask = _prompt_mask(prompt_ids, prompt_mask)
+    s = normalize_state(params, state)
+    if use_cfg:
+        if uncond_ids.shape != prompt_ids.shape:
+            raise ValueError(f"uncond_ids {uncond_ids.shape} must match prompt_ids {prompt_ids.shape}")
+        umask = _prompt_mask(uncond_ids, uncond_mask)
+        ctx, cmask = model.encoder(
+            jnp.concatenate([image, image]),
+            jnp.concatenate([prompt_ids, uncond_ids]),
+            jnp.concatenate([mask, umask]),
+        )
+        s = jnp.concatenate([s, s])
+    else:
+        ctx, cmask = model.encoder(image, prompt_ids, mask)
+
+    dim_mask = jnp.asarray(cfg.action_dim_mask())
+    noise = jax.random.normal(key, (b, h, a), jnp.float32)
+    if prefix is not None:
+        p = prefix.shape[1]
+        pad = [(0, 0), (0, h - p), (0, 0)]
+        prefix_abs = jnp.pad(jnp.asarray(prefix, jnp.float32), pad)
+        prefix_v = noise - jnp.pad(normalize_actions(params, prefix), pad)  # velocity of the straight path
+        in_prefix = (jnp.arange(h) < p)[None, :, None]
+
+    def velocity(x: jax.Array, sigma: jax.Array) -> jax.Array:
+        if use_cfg:
+            v_c, v_u = jnp.split(
+                model.expert(jnp.concatenate([x, x]), sigma, ctx, cmask, s, action_dim_mask=dim_mask), 2
+            )
+            v = flow.cfg_velocity(v_c, v_u, beta)
+        else:
+            v = model.expert(x, sigma, ctx, cmask, s, action_dim_mask=dim_mask)
+        return v if prefix is None else jnp.where(in_prefix, prefix_v, v)
+
+    x0 = flow.euler_sample(velocity, noise, cfg.num_steps)
+    actions = unnormalize_actions(params, x0)
+    return actions if prefix is None else jnp.where(in_prefix, prefix_abs, actions)
+
+
+BATCH_KEYS = ("image", "state", "prompt_ids", "prompt_mask", "actions", "action_mask")
+
+
+def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+    """Flow-matching loss of one batch (masked MSE of the predicted velocity, normalised units).
+
+    Args:
+      params: ``PolicyParams`` (differentiate w.r.t. it; the norm stats get zero gradient).
+      batch: "image" u8 [B, H, W, 3], "state" f32 [B, 32], "prompt_ids" i32 [B, L], "prompt_mask" bool [B, L],
+        "actions" f32 [B, 30, 36] absolute, "action_mask" bool [B, 30]; with ``indicator_dropout > 0`` also
+        "uncond_prompt_ids" i32 [B, L] and "uncond_prompt_mask" bool [B, L] (the bare instruction),
+        used instead of the labelled prompt with probability ``indicator_dropout`` per example.
+        Optional "label" int8 [B] (only reported).
+      key: PRNG key (σ, noise, indicator dropout, input dropouts).
+
+    Returns: (loss float32 [], metrics {"loss", "sigma_mean", "indicator_dropped"} float32 []).
+    """
+    cfg = params.config
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"batch lacks {missing} (has {sorted(batch)})")
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"].astype(bool)
+    b = ids.shape[0]
+    h, a = cfg.chunk, cfg.action_dim
+    if batch["actions"].shape != (b, h, a) or batch["action_mask"].shape != (b, h):
+        raise ValueError(
+            f"actions must be [{b}, {h}, {a}] and action_mask [{b}, {h}], got "
+            f"{batch['actions'].shape} and {batch['action_mask'].shape}"
+        )
+    if batch["state"].shape != (b, cfg.state_dim):
+        raise ValueError(f"state must be [{b}, {cfg.state_dim}], got {batch['state'].shape}")
+    _check_image(cfg, batch["image"], b)
+    k_sigma, k_noise, k_ind, k_drop = jax.random.split(key, 4)
+
+    dropped = jnp.zeros((b,), bool)
+    if cfg.indicator_dropout > 0.0:
+        if "uncond_prompt_ids" not in batch or "uncond_prompt_mask" not in batch:
+            raise ValueError(
+                f"indicator_dropout={cfg.indicator_dropout} needs 'uncond_prompt_ids' and 'uncond_prompt_mask' "
+                "(the bare instruction) in the batch"
+            )
+        u_ids, u_mask = batch["uncond_prompt_ids"], batch["uncond_prompt_mask"].astype(bool)
+        if u_ids.shape != ids.shape or u_mask.shape != ids.shape:
+            raise ValueError(f"uncond prompt {u_ids.shape}/{u_mask.shape} must match prompt_ids {ids.shape}")
+        dropped = jax.random.bernoulli(k_ind, cfg.indicator_dropout, (b,))
+        ids = jnp.where(dropped[:, None], u_ids, ids)
+        mask = jnp.where(dropped[:, None], u_mask, mask)
+
+    model = _model(params)
+    ctx, cmask = model.encoder(batch["image"], ids, mask)
+    s = normalize_state(params, batch["state"])
+    x = normalize_actions(params, batch["actions"])
+    sigma = flow.sample_sigma(k_sigma, (b,), cfg.sigma_kind)
+    noise = jax.random.normal(k_noise, x.shape, jnp.float32)
+    dim_mask = jnp.asarray(cfg.action_dim_mask())
+    valid = batch["action_mask"].astype(bool)
+    x = jnp.where(valid[..., None], x, 0.0)  # steps past the episode end may hold anything
+    pred = model.expert(
+        flow.interpolate(x, noise, sigma),
+        sigma,
+        ctx,
+        cmask,
+        s,
+        action_dim_mask=dim_mask,
+        action_mask=valid,
+        dropout_key=k_drop,
+    )
+    loss = flow.flow_matching_loss(pred, x, noise, valid, dim_mask=dim_mask)
+    metrics = {
+        "loss": loss,
+        "sigma_mean": jnp.mean(sigma),
+        "indicator_dropped": jnp.mean(dropped.astype(jnp.float32)),
+    }
+    return loss, metrics
+
+
+def tokenize(config: PolicyConfig, texts) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side: prompts → (int32 [B, L], bool [B, L]) with L = ``config.prompt_max_len``."""
+    return config.tokenizer().encode(texts)
+
+
+def replace_config(params: PolicyParams, **changes) -> PolicyParams:
+    """``params`` with config fields changed that do not alter parameter shapes (e.g. dropouts, num_steps)."""
+    new = dataclasses.replace(params.config, **changes)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: PolicyModel(new, nnx.Rngs(0))))
+    old = [(p, x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params.model)[0]]
+    want = [(p, x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]]
+    if old != want:
+        raise ValueError(f"config change {changes} alters the parameter shapes; re-initialise instead")
+    return params.replace(config=new, graphdef=graphdef)

@@ -1,0 +1,201 @@
+"""Policy: normalisation, sampling (CFG, inpainting), loss, indicator dropout, jit behaviour, learning."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recap_jax import policy as P
+
+B = 2
+_sample = jax.jit(P.sample_actions)
+_loss = jax.jit(P.policy_loss)
+IMG = (32, 32)
+HIGH = "advantage: high. bend to pick up the cracker box"
+LOW = "advantage: low. bend to pick up the cracker box"
+BARE = "bend to pick up the cracker box"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return P.PolicyConfig(image_size=IMG, prompt_max_len=64, indicator_dropout=0.3)
+
+
+@pytest.fixture(scope="module")
+def params(cfg):
+    p = P.init_policy(cfg, 0)
+    # Move off the adaLN-Zero / zero-head initialisation so that every path carries signal.
+    return p.replace(model=_perturb(p.model, jax.random.key(7)))
+
+
+@jax.jit
+def _perturb(tree, key):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def _obs(seed=0, b=B):
+    rng = np.random.default_rng(seed)
+    return {
+        "state": jnp.asarray(rng.normal(size=(b, 32)), jnp.float32),
+        "image": jnp.asarray(rng.integers(0, 256, size=(b, *IMG, 3)), jnp.uint8),
+    }
+
+
+def _ids(cfg, text, b=B):
+    return P.tokenize(cfg, [text] * b)
+
+
+def _batch(cfg, seed=0, b=B):
+    rng = np.random.default_rng(seed)
+    obs = _obs(seed, b)
+    ids, mask = _ids(cfg, HIGH, b)
+    uids, umask = _ids(cfg, BARE, b)
+    return {
+        **obs,
+        "prompt_ids": jnp.asarray(ids),
+        "prompt_mask": jnp.asarray(mask),
+        "uncond_prompt_ids": jnp.asarray(uids),
+        "uncond_prompt_mask": jnp.asarray(umask),
+        "actions": jnp.asarray(rng.normal(size=(b, 30, 36)), jnp.float32),
+        "action_mask": jnp.ones((b, 30), bool),
+        "label": jnp.ones((b,), jnp.int8),
+    }
+
+
+def test_norm_stats_roundtrip_clip_and_passthrough():
+    rng = np.random.default_rng(0)
+    states = rng.uniform(-2, 3, size=(100, 32)).astype(np.float32)
+    actions = rng.uniform(-1, 5, size=(100, 36)).astype(np.float32)
+    actions[:, 5] = 0.75  # constant dim
+    ns = P.NormStats.from_arrays(states, actions)
+    y = P.normalize(actions, ns.action_min, ns.action_max)
+    assert float(jnp.min(y[:, :5])) == pytest.approx(-1.0) and float(jnp.max(y[:, :5])) == pytest.approx(1.0)
+    np.testing.assert_allclose(y[:, 5], 0.75)  # passed through
+    np.testing.assert_allclose(P.unnormalize(y, ns.action_min, ns.action_max), actions, atol=1e-5)
+    out = P.normalize(actions + 100.0, ns.action_min, ns.action_max)
+    assert float(jnp.max(out[:, :5])) == 1.0  # clipped
+    with pytest.raises(ValueError, match="states"):
+        P.NormStats.from_arrays(states[:0], actions)
+
+
+def test_state_padded_to_36(cfg, params):
+    s = P.normalize_state(params, _obs()["state"])
+    assert s.shape == (B, 36)
+    np.testing.assert_array_equal(s[:, 32:], 0.0)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="context"):
+        P.PolicyConfig(action_expert="tiny", encoder="small")
+    with pytest.raises(ValueError, match="did you mean 'tiny'"):
+        P.PolicyConfig(action_expert="tiyn")
+    with pytest.raises(ValueError, match="patch"):
+        P.PolicyConfig(image_size=(30, 32))
+    with pytest.raises(ValueError, match="indicator_dropout"):
+        P.PolicyConfig(indicator_dropout=1.5)
+
+
+def test_sample_shapes_determinism_jit_eager(cfg, params):
+    obs, (ids, _) = _obs(), _ids(cfg, HIGH)
+    key = jax.random.key(3)
+    eager = P.sample_actions(params, obs, ids, key)
+    chex.assert_shape(eager, (B, 30, 36))
+    assert eager.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(eager)))
+    jitted = jax.jit(P.sample_actions)(params, obs, ids, key)
+    np.testing.assert_allclose(jitted, eager, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(jax.jit(P.sample_actions)(params, obs, ids, key), jitted)
+    other = _sample(params, obs, ids, jax.random.key(4))
+    assert float(jnp.max(jnp.abs(other - eager))) > 1e-3
+
+
+def test_prompts_reach_expert_as_different_context(cfg, params):
+    obs, key = _obs(), jax.random.key(0)
+    outs = [_sample(params, obs, _ids(cfg, t)[0], key) for t in (HIGH, LOW, BARE)]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert float(jnp.max(jnp.abs(outs[i] - outs[j]))) > 1e-5
+    feats = [P.pooled_features(params, obs["image"], _ids(cfg, t)[0]) for t in (HIGH, LOW, BARE)]
+    assert feats[0].shape == (B, 64)
+    assert float(jnp.max(jnp.abs(feats[0] - feats[1]))) > 1e-4
+    tokens, mask = P.encode_observation(params, obs["image"], *_ids(cfg, HIGH))
+    chex.assert_shape(tokens, (B, 4 + 64, 64))
+    assert int(mask[0].sum()) == 4 + len(HIGH) + 2
+
+
+def test_cfg_guidance_rules(cfg, params):
+    obs, key = _obs(), jax.random.key(1)
+    ids, uids = _ids(cfg, HIGH)[0], _ids(cfg, BARE)[0]
+    cond = _sample(params, obs, ids, key)
+    # β = 1 with uncond ids is the conditioned policy; β = 2 differs.
+    np.testing.assert_allclose(_sample(params, obs, ids, key, beta=1.0, uncond_ids=uids), cond, atol=1e-5)
+    guided = _sample(params, obs, ids, key, beta=jnp.float32(2.0), uncond_ids=uids)
+    assert float(jnp.max(jnp.abs(guided - cond))) > 1e-3
+    # β = 0 is the unconditioned policy.
+    np.testing.assert_allclose(
+        _sample(params, obs, ids, key, beta=jnp.float32(0.0), uncond_ids=uids),
+        _sample(params, obs, uids, key),
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="uncond_ids"):
+        P.sample_actions(params, obs, ids, key, beta=2.0)
+    no_drop = P.replace_config(params, indicator_dropout=0.0)
+    with pytest.raises(ValueError, match="indicator_dropout"):
+        P.sample_actions(no_drop, obs, ids, key, beta=1.5, uncond_ids=uids)
+
+
+def test_inpainting_prefix(cfg, params):
+    rng = np.random.default_rng(0)
+    p = P.with_norm_stats(params, P.NormStats.from_arrays(rng.normal(size=(50, 32)), rng.normal(size=(50, 36)) * 2))
+    obs, ids = _obs(), _ids(cfg, HIGH)[0]
+    prefix = jnp.asarray(rng.normal(size=(B, 6, 36)), jnp.float32)
+    out = _sample(p, obs, ids, jax.random.key(0), prefix=prefix)
+    np.testing.assert_array_equal(out[:, :6], prefix)
+    # The rest of the chunk is denoised knowing the prefix.
+    free = _sample(p, obs, ids, jax.random.key(0))
+    assert float(jnp.max(jnp.abs(out[:, 6:] - free[:, 6:]))) > 1e-3
+    with pytest.raises(ValueError, match="prefix"):
+        P.sample_actions(p, obs, ids, jax.random.key(0), prefix=jnp.zeros((B, 31, 36)))
+
+
+def test_no_recompile_across_params_prompts_beta(cfg, params):
+    fn = jax.jit(chex.assert_max_traces(P.sample_actions, n=1))
+    obs = _obs()
+    ids, uids = _ids(cfg, HIGH)[0], _ids(cfg, BARE)[0]
+    other = P.init_policy(cfg, 5, P.NormStats.from_arrays(np.ones((3, 32)) * [[1], [2], [3]], np.ones((3, 36))))
+    for p, prompt, beta in [(params, ids, 1.5), (other, _ids(cfg, LOW)[0], 2.5), (params, ids, 1.0)]:
+        fn(p, obs, prompt, jax.random.key(0), beta=jnp.float32(beta), uncond_ids=uids)
+
+
+def test_loss_indicator_dropout_and_masks(cfg, params):
+    batch = _batch(cfg)
+    loss, metrics = _loss(params, batch, jax.random.key(0))
+    assert loss.shape == () and bool(jnp.isfinite(loss))
+    assert set(metrics) >= {"loss", "sigma_mean", "indicator_dropped"}
+    # Dropout fraction over many examples ≈ 0.3.
+    big = _batch(cfg, b=64)
+    drops = [float(_loss(params, big, jax.random.key(i))[1]["indicator_dropped"]) for i in range(4)]
+    assert 0.15 < np.mean(drops) < 0.45
+    # Masked steps may hold garbage without changing the loss.
+    masked = dict(batch, action_mask=batch["action_mask"].at[:, 20:].set(False))
+    garbage = dict(masked, actions=masked["actions"].at[:, 20:].set(1e6))
+    key = jax.random.key(2)
+    np.testing.assert_allclose(_loss(params, masked, key)[0], _loss(params, garbage, key)[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="uncond_prompt_ids"):
+        P.policy_loss(params, {k: v for k, v in batch.items() if not k.startswith("uncond")}, key)
+    with pytest.raises(ValueError, match="lacks"):
+        P.policy_loss(params, {k: v for k, v in batch.items() if k != "action_mask"}, key)
+
+
+def test_norm_stats_get_no_gradient(cfg, params):
+    rng = np.random.default_rng(0)
+    p = P.with_norm_stats(params, P.NormStats.from_arrays(rng.normal(size=(9, 32)), rng.normal(size=(9, 36))))
+    grads = jax.jit(jax.grad(lambda q: P.policy_loss(q, _batch(cfg), jax.random.key(0))[0]))(p)
+    for leaf in jax.tree.leaves(grads.norm):
+        np.testing.assert_array_equal(leaf, 0.0)
+    mask = P.trainable_mask(p)
+    assert all(jax.tree.leaves(mask.model)) and not any(jax.tree.leaves(mask.norm))
