@@ -17,6 +17,7 @@ The device functions (:func:`advantages`, :func:`advantage_threshold`, :func:`ad
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -40,13 +41,9 @@ def _check_finite(x, name: str) -> None:
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
 
 
-def _check_mask(mask, shape, name="mask"):
-    if mask is None:
-        return None
-    mask = jnp.asarray(mask, bool)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"{name} shape {mask.shape} must equal advantages shape {tuple(shape)}")
-    return mask
+def _check_mask_shape(mask, shape) -> None:
+    if mask is not None and jnp.shape(mask) != tuple(shape):
+        raise ValueError(f"mask shape {jnp.shape(mask)} must equal advantages shape {tuple(shape)}")
 
 
 def _check_fraction(top_fraction) -> None:
@@ -62,12 +59,25 @@ def advantages(returns: jax.Array, values: jax.Array) -> jax.Array:
     Args: returns, values: float [...] of equal shape (concrete inputs must be finite).
     Returns: float32 [...].
     """
-    returns, values = jnp.asarray(returns), jnp.asarray(values)
-    if returns.shape != values.shape:
-        raise ValueError(f"shape mismatch: returns {returns.shape} vs values {values.shape}")
+    if jnp.shape(returns) != jnp.shape(values):
+        raise ValueError(f"shape mismatch: returns {jnp.shape(returns)} vs values {jnp.shape(values)}")
     _check_finite(returns, "returns")
     _check_finite(values, "values")
-    return returns.astype(jnp.float32) - values.astype(jnp.float32)
+    return _advantages(returns, values)
+
+
+@jax.jit
+def _advantages(returns, values):
+    return jnp.asarray(returns, jnp.float32) - jnp.asarray(values, jnp.float32)
+
+
+@jax.jit
+def _quantile(adv, mask, top_fraction):
+    q = 1.0 - jnp.asarray(top_fraction, jnp.float32)
+    adv = jnp.asarray(adv, jnp.float32).ravel()
+    if mask is None:
+        return jnp.quantile(adv, q)
+    return jnp.nanquantile(jnp.where(jnp.asarray(mask, bool).ravel(), adv, jnp.nan), q)
 
 
 def advantage_threshold(adv: jax.Array, top_fraction: float = 0.3, mask: jax.Array | None = None) -> jax.Array:
@@ -81,18 +91,18 @@ def advantage_threshold(adv: jax.Array, top_fraction: float = 0.3, mask: jax.Arr
     Returns: float32 [] (NaN under jit if nothing is valid; eagerly that raises ``ValueError``).
     """
     _check_fraction(top_fraction)
-    adv = jnp.asarray(adv, jnp.float32)
-    mask = _check_mask(mask, adv.shape)
-    if mask is None:
+    shape = jnp.shape(adv)
+    _check_mask_shape(mask, shape)
+    if math.prod(shape) == 0:
+        raise ValueError("adv is empty: no entries to take a percentile of")
+    if mask is None or not (_concrete(mask) and _concrete(adv)):
         _check_finite(adv, "adv")
-        if adv.size == 0:
-            raise ValueError("adv is empty: no entries to take a percentile of")
-        return jnp.quantile(adv.ravel(), 1.0 - top_fraction)
-    valid_adv = jnp.where(mask, adv, 0.0)
-    _check_finite(valid_adv, "adv (valid entries)")
-    if _concrete(mask) and not bool(jnp.any(mask)):
-        raise ValueError("mask selects no entries: no advantages to take a percentile of")
-    return jnp.nanquantile(jnp.where(mask, adv, jnp.nan).ravel(), 1.0 - top_fraction)
+    else:
+        m = np.asarray(mask, bool)
+        if not m.any():
+            raise ValueError("mask selects no entries: no advantages to take a percentile of")
+        _check_finite(np.asarray(adv)[m], "adv (valid entries)")
+    return _quantile(adv, mask, top_fraction)
 
 
 def advantage_labels(adv: jax.Array, threshold: jax.Array | float, mask: jax.Array | None = None) -> jax.Array:
@@ -105,16 +115,21 @@ def advantage_labels(adv: jax.Array, threshold: jax.Array | float, mask: jax.Arr
 
     Returns: int8 [...] in {−1, 0, 1}.
     """
-    adv = jnp.asarray(adv, jnp.float32)
-    mask = _check_mask(mask, adv.shape)
-    thr = jnp.asarray(threshold, jnp.float32)
+    shape = jnp.shape(adv)
+    _check_mask_shape(mask, shape)
     try:
-        jnp.broadcast_shapes(thr.shape, adv.shape)
+        jnp.broadcast_shapes(jnp.shape(threshold), shape)
     except ValueError as e:
-        raise ValueError(f"threshold shape {thr.shape} does not broadcast to adv shape {adv.shape}") from e
-    _check_finite(thr, "threshold")
-    labels = jnp.where(adv >= thr, HIGH, LOW).astype(LABEL_DTYPE)
-    return labels if mask is None else jnp.where(mask, labels, jnp.int8(NONE))
+        raise ValueError(f"threshold shape {jnp.shape(threshold)} does not broadcast to adv shape {shape}") from e
+    _check_finite(threshold, "threshold")
+    return _labels(adv, threshold, mask)
+
+
+@jax.jit
+def _labels(adv, threshold, mask):
+    labels = jnp.where(jnp.asarray(adv, jnp.float32) >= jnp.asarray(threshold, jnp.float32), HIGH, LOW)
+    labels = labels.astype(LABEL_DTYPE)
+    return labels if mask is None else jnp.where(jnp.asarray(mask, bool), labels, jnp.int8(NONE))
 
 
 def label_advantages(
@@ -188,11 +203,16 @@ def drop_labels(key: jax.Array, labels: jax.Array, p: float) -> jax.Array:
         pf = float(np.asarray(p))
         if not 0.0 <= pf <= 1.0:
             raise ValueError(f"drop probability p must lie in [0, 1], got {p!r}")
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integer (int8) in {{-1, 0, 1}}, got dtype {labels.dtype}")
-    drop = jax.random.uniform(key, labels.shape) < p
-    return jnp.where(drop, jnp.int8(NONE), labels.astype(LABEL_DTYPE))
+    dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels must be integer (int8) in {{-1, 0, 1}}, got dtype {dtype}")
+    return _drop(key, labels, p)
+
+
+@jax.jit
+def _drop(key, labels, p):
+    drop = jax.random.uniform(key, jnp.shape(labels)) < p
+    return jnp.where(drop, jnp.int8(NONE), jnp.asarray(labels).astype(LABEL_DTYPE))
 
 
 # ---------------------------------------------------------------- host-side, per group (e.g. iteration)
