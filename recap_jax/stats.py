@@ -238,14 +238,17 @@ def _tie_sums(x: np.ndarray) -> tuple[float, float, float]:
     return float(np.sum(t * (t - 1))), float(np.sum(t * (t - 1) * (t - 2))), float(np.sum(t * (t - 1) * (2 * t + 5)))
 
 
+_PAIR_BUDGET = 4_000_000  # elements per temporary pair block in kendall_tau (~32 MB of float64)
+
+
 def kendall_tau(x, y, block: int = 2048) -> tuple[float, float]:
     """Kendall's τ-b and a two-sided p-value from the normal approximation with tie-corrected variance.
 
     τ_b = S / sqrt((n0 − n1)(n0 − n2)), S = Σ_{i<j} sign(x_i − x_j)·sign(y_i − y_j), n0 = n(n − 1)/2,
     n1 = Σ t(t − 1)/2 over tie groups of x, n2 likewise for y. Var(S) = (v0 − vt − vu)/18
     + Σt(t−1)·Σu(u−1)/(2n(n−1)) + Σt(t−1)(t−2)·Σu(u−1)(u−2)/(9n(n−1)(n−2)), v0 = n(n−1)(2n+5);
-    z = S/sqrt(Var(S)), p = 2·(1 − Φ(|z|)). Exact pair counting in row blocks (O(n²) time, O(block·n)
-    memory).
+    z = S/sqrt(Var(S)), p = 2·(1 − Φ(|z|)). Exact pair counting in blocks of at most ``block`` rows
+    (O(n²) time, at most ~4M pair entries in memory at once; n = 10⁴ takes a few seconds).
 
     Args: x, y: float [N], N ≥ 2, neither constant.
     Returns: (tau_b, p).
@@ -254,6 +257,9 @@ def kendall_tau(x, y, block: int = 2048) -> tuple[float, float]:
     n = x.size
     if n < 2:
         raise ValueError(f"kendall_tau needs at least 2 pairs, got n={n}")
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be a positive int, got {block!r}")
+    block = max(1, min(block, _PAIR_BUDGET // n))  # bound the temporary [block, n] arrays
     s = 0.0
     for i in range(0, n, block):
         dx = np.sign(x[i : i + block, None] - x[None, :])

@@ -172,7 +172,7 @@ def categorical_loss(
 
 @partial(jax.jit, static_argnames=_STATIC)
 def _expected_value(logits, num_bins, v_min, v_max):
-    centers = jnp.linspace(v_min, v_max, num_bins, dtype=jnp.float32)
+    centers = jnp.asarray(np.linspace(v_min, v_max, num_bins), jnp.float32)  # same values as bin_centers()
     return jnp.sum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * centers, axis=-1)
 
 

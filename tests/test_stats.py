@@ -163,6 +163,8 @@ def test_ranking_errors():
         S.kendall_tau([], [])
     with pytest.raises(ValueError, match="at least 2"):
         S.kendall_tau([1.0], [2.0])
+    with pytest.raises(ValueError, match="block"):
+        S.kendall_tau([1.0, 2.0], [2.0, 1.0], block=0)
 
 
 def test_mse():
