@@ -95,13 +95,14 @@ def advantage_threshold(adv: jax.Array, top_fraction: float = 0.3, mask: jax.Arr
     _check_mask_shape(mask, shape)
     if math.prod(shape) == 0:
         raise ValueError("adv is empty: no entries to take a percentile of")
-    if mask is None or not (_concrete(mask) and _concrete(adv)):
+    if mask is None:
         _check_finite(adv, "adv")
-    else:
+    elif _concrete(mask):
         m = np.asarray(mask, bool)
         if not m.any():
             raise ValueError("mask selects no entries: no advantages to take a percentile of")
-        _check_finite(np.asarray(adv)[m], "adv (valid entries)")
+        if _concrete(adv):
+            _check_finite(np.asarray(adv)[m], "adv (valid entries)")
     return _quantile(adv, mask, top_fraction)
 
 
@@ -122,6 +123,10 @@ def advantage_labels(adv: jax.Array, threshold: jax.Array | float, mask: jax.Arr
     except ValueError as e:
         raise ValueError(f"threshold shape {jnp.shape(threshold)} does not broadcast to adv shape {shape}") from e
     _check_finite(threshold, "threshold")
+    if mask is None:
+        _check_finite(adv, "adv")
+    elif _concrete(mask) and _concrete(adv):
+        _check_finite(np.asarray(adv)[np.asarray(mask, bool)], "adv (valid entries)")
     return _labels(adv, threshold, mask)
 
 

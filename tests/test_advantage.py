@@ -65,6 +65,9 @@ def test_ties_go_high_and_labels_broadcast_thresholds():
         A.advantage_labels(rows, np.zeros((3, 1)))
     with pytest.raises(ValueError, match="threshold contains non-finite"):
         A.advantage_labels(rows, np.nan)
+    with pytest.raises(ValueError, match="adv contains non-finite"):
+        A.advantage_labels(np.array([0.0, np.nan]), 0.0)
+    np.testing.assert_array_equal(A.advantage_labels(np.array([0.5, np.nan]), 0.0, np.array([True, False])), [1, -1])
 
 
 def test_threshold_rejects_bad_input():
