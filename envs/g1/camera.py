@@ -314,14 +314,20 @@ def default_appearance(scene: Scene) -> Appearance:
     )
 
 
+def rotvec_to_matrix(rotvec: jax.Array) -> jax.Array:
+    """Rotation matrix float32 [3, 3] of a rotation vector float32 [3] (axis * angle, rad; Rodrigues)."""
+    angle = jnp.sqrt(jnp.sum(rotvec * rotvec) + 1e-24)
+    axis = rotvec / angle
+    skew = jnp.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    return jnp.eye(3) + jnp.sin(angle) * skew + (1.0 - jnp.cos(angle)) * skew @ skew
+
+
 def _small_rotation(key: jax.Array, max_angle: float) -> jax.Array:
     """A rotation about a uniformly random axis by an angle uniform in [-max_angle, max_angle] (rad)."""
     k_axis, k_angle = jax.random.split(key)
     axis = jax.random.normal(k_axis, (3,))
     axis = axis / jnp.linalg.norm(axis)
-    angle = jax.random.uniform(k_angle, (), minval=-max_angle, maxval=max_angle)
-    skew = jnp.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return jnp.eye(3) + jnp.sin(angle) * skew + (1.0 - jnp.cos(angle)) * skew @ skew
+    return rotvec_to_matrix(axis * jax.random.uniform(k_angle, (), minval=-max_angle, maxval=max_angle))
 
 
 def sample_appearance(
