@@ -187,6 +187,9 @@ class G1BendPick:
         self.init_qpos = self._standing_qpos(m)  # f64[57]
         self.default_action = jnp.asarray(C.default_action())
         self._state_to_joint = jnp.asarray(C.STATE_TO_JOINT)
+        from envs.g1 import camera  # the ego-camera renderer (built even with camera=False: rollouts call render)
+
+        self.camera_scene = camera.make_scene(m, camera="ego", image_size=config.image_size)
 
     # ------------------------------------------------------------------ model
     @staticmethod
@@ -322,14 +325,34 @@ class G1BendPick:
         }
         return {"state": state, "privileged": privileged}
 
-    def _render_obs(self, data: mjx.Data, key: jax.Array) -> jax.Array:
-        """Ego-camera image of one env, u8[H, W, 3] (``config.image_size``). Owned by the camera module."""
-        del data, key
-        raise NotImplementedError("camera not available yet")
+    def _render_obs(self, data: mjx.Data, key: jax.Array, scene: dict[str, jax.Array] | None = None) -> jax.Array:
+        """Ego-camera image of one env, u8[H, W, 3] (``config.image_size``), by ``envs.g1.camera``.
+
+        ``scene`` is the episode's ``info["scene"]`` (colours, light, camera jitter); without it the model's
+        own look is drawn. ``key`` is unused: the renderer is deterministic.
+        """
+        from envs.g1 import camera
+
+        del key
+        look = camera.default_appearance(self.camera_scene)
+        if scene is not None:
+            m = self.mj_model
+            rgb = look.geom_rgb.at[self.box_geom_id].set(scene["box_rgba"][:3])
+            rgb = rgb.at[self.distractor_geom_ids].set(scene["distractor_rgba"][:, :3])
+            rgb = rgb.at[m.geom("table").id].set(scene["table_rgba"][:3])
+            rgb = rgb.at[m.geom("floor").id].set(scene["floor_rgba"][:3])
+            look = look.replace(
+                geom_rgb=rgb,
+                light_dir=look.light_dir.at[0].set(scene["light_dir"]),
+                light_rgb=look.light_rgb.at[0].set(scene["light_diffuse"]),
+                cam_offset=scene["camera_pos_offset"],
+                cam_rotation=camera.rotvec_to_matrix(scene["camera_rot_offset"]),
+            )
+        return camera.render_rgb(self.camera_scene, data, look)
 
     def render(self, state: State) -> jax.Array:
-        """u8[H, W, 3] ego-camera image of one env's state."""
-        return self._render_obs(state.data, state.info["rng"])
+        """u8[H, W, 3] ego-camera image of one env's state (works with ``camera=False`` too)."""
+        return self._render_obs(state.data, state.info["rng"], state.info["scene"])
 
     # ------------------------------------------------------------------ API
     def reset(self, key: jax.Array) -> State:
