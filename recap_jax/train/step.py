@@ -53,7 +53,7 @@ def make_train_step(
     Returns:
       ``train_step``; its metrics are float32 [] scalars: ``loss``, ``grad_norm``, ``param_norm``,
       ``update_norm``, ``finite`` (1.0 when the update was applied), ``lr`` if a schedule is given, and
-      every entry of the loss metrics prefixed by nothing (names must not clash with the above).
+      every entry of the loss metrics (a ``"loss"`` entry there is ignored; other clashes raise).
     """
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
@@ -107,6 +107,8 @@ def make_train_step(
         if lr_schedule is not None:
             metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
         for k, v in aux.items():
+            if k == "loss":  # the loss function's own copy of the loss
+                continue
             if k in metrics:
                 raise ValueError(f"loss metric {k!r} clashes with a train_step metric")
             metrics[k] = jnp.asarray(v, jnp.float32)
