@@ -125,5 +125,5 @@ class Mlp(nnx.Module):
 
 def count_params(state: nnx.State) -> int:
     """Number of scalars in all ``nnx.Param`` leaves of ``state`` (works on ShapeDtypeStructs too)."""
-    leaves = jax.tree.leaves(state.filter(nnx.Param) if hasattr(state, "filter") else state)
+    leaves = jax.tree.leaves(nnx.filter_state(state, nnx.Param) if isinstance(state, nnx.State) else state)
     return int(sum(math.prod(x.shape) for x in leaves))
