@@ -271,3 +271,46 @@ def test_contact_sheet(model, scene, tmp_path: Path):
     assert sheet.shape == (2 * 64 + 3 * 2, 2 * 112 + 3 * 2, 3)
     assert path.stat().st_size > 1000
     assert not np.array_equal(images[0], images[1])
+
+
+@pytest.fixture(scope="module")
+def g1_env():
+    import envs
+
+    return envs.make("G1BendPick-v0", image_size=(96, 160))
+
+
+def test_g1_right_hand_in_frame_when_reaching_down(g1_env):
+    """On the real G1 scene (CPU kinematics): arm out to the side -> no hand; bend + reach -> hand, right half."""
+    m, scene = g1_env.mj_model, g1_env.camera_scene
+    hand = [i for i in range(m.ngeom) if m.geom(i).name.startswith("right_hand") and m.geom(i).name.endswith("_vis")]
+    box = g1_env.box_geom_id
+    render = jax.jit(lambda *a: camera.render_all(scene, *a))
+
+    def pose(waist_pitch, shoulder_pitch, shoulder_roll):
+        data = mujoco.MjData(m)
+        data.qpos[:] = g1_env.init_qpos
+        for name, value in [
+            ("waist_pitch_joint", waist_pitch),
+            ("right_shoulder_pitch_joint", shoulder_pitch),
+            ("right_shoulder_roll_joint", shoulder_roll),
+        ]:
+            data.qpos[m.jnt_qposadr[m.joint(name).id]] = value
+        mujoco.mj_forward(m, data)
+        out = _render(render, scene, data)
+        return data, out["segmentation"]
+
+    _, aside = pose(0.0, 0.0, -1.5)
+    data, reach = pose(0.5, -0.8, 0.0)
+    assert np.isin(aside, hand).sum() == 0
+    mask = np.isin(reach, hand)
+    assert mask.sum() > 40
+    assert _centroid(mask)[1] > scene.width / 2  # the right hand is on the image's right
+    assert (reach == box).sum() > 8  # the target box is in view (partly behind the hand)
+    palm = camera.project(
+        jnp.asarray(data.site_xpos[g1_env.palm_site_id]),
+        jnp.asarray(data.cam_xpos[scene.camera_id]),
+        jnp.asarray(data.cam_xmat[scene.camera_id]).reshape(3, 3),
+        scene,
+    )
+    assert np.linalg.norm(_centroid(mask) - np.asarray(palm)) < 15.0
