@@ -463,7 +463,7 @@ class G1BendPick:
             "rng": rng,
         }
         if cfg.camera:
-            obs["image"] = self._render_obs(data, k_img)
+            obs["image"] = self._render_obs(data, k_img, state.info["scene"])
         new = State(
             data=data, obs=obs, reward=f32(reward), done=f32(terminated | truncated), metrics=metrics, info=info
         )
