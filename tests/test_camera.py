@@ -91,21 +91,6 @@ def _centroid(mask):
     return np.array([rows.mean() + 0.5, cols.mean() + 0.5])
 
 
-def test_shapes_dtypes_and_vmap(model, scene):
-    data = _forward(model)
-    batch = 3
-    pos = jnp.broadcast_to(jnp.asarray(data.geom_xpos, jnp.float32), (batch, model.ngeom, 3))
-    mat = jnp.broadcast_to(jnp.asarray(data.geom_xmat, jnp.float32), (batch, model.ngeom, 9))
-    cp = jnp.broadcast_to(jnp.asarray(data.cam_xpos[0], jnp.float32), (batch, 3))
-    cm = jnp.broadcast_to(jnp.asarray(data.cam_xmat[0], jnp.float32), (batch, 9))
-    out = jax.jit(jax.vmap(lambda *a: camera.render_all(scene, *a)))(pos, mat, cp, cm)
-    assert out["rgb"].shape == (batch, 64, 112, 3) and out["rgb"].dtype == jnp.uint8
-    assert out["depth"].shape == (batch, 64, 112) and out["depth"].dtype == jnp.float32
-    assert out["segmentation"].shape == (batch, 64, 112) and out["segmentation"].dtype == jnp.int32
-    assert np.all(np.isfinite(np.asarray(out["depth"])))
-    np.testing.assert_array_equal(out["rgb"][0], out["rgb"][2])
-
-
 def test_depth_and_ids_match_mj_ray(model, scene, render_fn):
     data = _forward(model)
     out = _render(render_fn, scene, data)
@@ -182,13 +167,13 @@ def test_hand_enters_frame_when_reaching_down(model, scene, render_fn):
     assert _centroid(reach)[1] > scene.width / 2  # robot's right = image right
 
 
-def test_row_chunks_identical(model, scene):
+def test_row_chunks_identical(model, scene, render_fn):
     data = _forward(model)
-    banded = camera.make_scene(model, camera="ego", image_size=(64, 112), row_chunks=4)
-    args = (data.geom_xpos, data.geom_xmat, data.cam_xpos[0], data.cam_xmat[0])
-    args = tuple(jnp.asarray(a, jnp.float32) for a in args)
-    a = jax.jit(lambda *x: camera.render_all(scene, *x))(*args)
-    b = jax.jit(lambda *x: camera.render_all(banded, *x))(*args)
+    assert scene.row_chunks == camera.auto_row_chunks(64, 112) == 4  # 1792-pixel bands
+    assert camera.auto_row_chunks(96, 160) == 8 and camera.auto_row_chunks(180, 320) == 30
+    banded = camera.make_scene(model, camera="ego", image_size=(64, 112), row_chunks=1)
+    a = _render(render_fn, scene, data)
+    b = _render(jax.jit(lambda *x: camera.render_all(banded, *x)), banded, data)
     np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
     np.testing.assert_allclose(a["depth"], b["depth"], rtol=1e-5)  # XLA may fuse the bands differently
     assert np.abs(np.asarray(a["rgb"], int) - np.asarray(b["rgb"], int)).max() <= 1
@@ -254,23 +239,30 @@ def test_bad_inputs(model):
         camera.make_scene(mujoco.MjModel.from_xml_string(mesh_xml))
 
 
-def test_contact_sheet(model, scene, tmp_path: Path):
+def test_batched_render_and_contact_sheet(model, scene, tmp_path: Path):
+    """vmap over envs with per-env appearance: shapes/dtypes, distinct frames, a PNG contact sheet."""
     from envs.g1.render.contact_sheet import contact_sheet, save_png
 
     data = _forward(model)
-    keys = jax.random.split(jax.random.key(1), 4)
+    batch = 3
 
     @jax.jit
     def frames(keys):
         looks = jax.vmap(lambda k: camera.sample_appearance(scene, k, 2))(keys)
-        return jax.vmap(lambda look: camera.render_data(scene, data, look)["rgb"])(looks)
+        return jax.vmap(lambda look: camera.render_data(scene, data, look))(looks)
 
-    images = frames(keys)
-    sheet = contact_sheet(np.asarray(images), columns=2)
+    out = frames(jax.random.split(jax.random.key(1), batch))
+    assert out["rgb"].shape == (batch, 64, 112, 3) and out["rgb"].dtype == jnp.uint8
+    assert out["depth"].shape == (batch, 64, 112) and out["depth"].dtype == jnp.float32
+    assert out["segmentation"].shape == (batch, 64, 112) and out["segmentation"].dtype == jnp.int32
+    assert np.all(np.isfinite(np.asarray(out["depth"])))
+    images = np.asarray(out["rgb"])
+    assert not np.array_equal(images[0], images[1])
+    sheet = contact_sheet(images, columns=2)
     path = save_png(sheet, tmp_path / "sheet.png")
     assert sheet.shape == (2 * 64 + 3 * 2, 2 * 112 + 3 * 2, 3)
+    np.testing.assert_array_equal(sheet[2 : 2 + 64, 2 + 112 + 2 : 2 + 2 * 112 + 2], images[1])
     assert path.stat().st_size > 1000
-    assert not np.array_equal(images[0], images[1])
 
 
 @pytest.fixture(scope="module")

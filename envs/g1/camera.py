@@ -84,6 +84,18 @@ def _geom_colour(model, i: int) -> np.ndarray:
     return rgba
 
 
+def auto_row_chunks(height: int, width: int, band_pixels: int = 2048) -> int:
+    """The fewest row bands (a divisor of ``height``) with at most ``band_pixels`` pixels each.
+
+    Measured on CPU (benchmarks/render_throughput.py): bands of ~2K pixels keep the per-band
+    [pixels x geoms] work in cache and bound device memory at large batches.
+    """
+    for bands in range(1, height + 1):
+        if height % bands == 0 and height * width // bands <= band_pixels:
+            return bands
+    return height
+
+
 def make_scene(
     model,
     *,
@@ -91,15 +103,17 @@ def make_scene(
     image_size: tuple[int, int] = (96, 160),
     geom_groups: tuple[int, ...] = (0, 1, 2),
     shadows: bool = True,
-    row_chunks: int = 1,
+    row_chunks: int | None = None,
     far: float = 20.0,
     checker: float = 0.25,
 ) -> Scene:
     """Builds a ``Scene`` from a ``mujoco.MjModel`` (host side, once).
 
     A geom is visible when its group is in ``geom_groups`` and its alpha (material alpha if it has a
-    material) is > 0, the same rule as ``mujoco.mj_ray`` with that group mask. Raises ``ValueError``
-    for a visible geom of a type other than plane/sphere/capsule/ellipsoid/cylinder/box, an unknown
+    material) is > 0, the same rule as ``mujoco.mj_ray`` with that group mask. ``row_chunks`` (a
+    divisor of H) splits the image into row bands traced one after another with ``lax.map``; ``None``
+    picks ``auto_row_chunks(H, W)``. Raises ``ValueError`` for a visible geom of a type other than
+    plane/sphere/capsule/ellipsoid/cylinder/box, an unknown
     camera, or a bad image size / ``row_chunks``.
     """
     import mujoco  # host-only dependency: rendering itself needs no MuJoCo
@@ -107,6 +121,8 @@ def make_scene(
     height, width = (int(s) for s in image_size)
     if height <= 0 or width <= 0:
         raise ValueError(f"image_size must be positive (H, W), got {image_size}")
+    if row_chunks is None:
+        row_chunks = auto_row_chunks(height, width)
     if row_chunks <= 0 or height % row_chunks:
         raise ValueError(f"row_chunks={row_chunks} must be a positive divisor of the image height {height}")
     cam = camera if isinstance(camera, int) else mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
@@ -186,16 +202,25 @@ def project(points: jax.Array, cam_pos: jax.Array, cam_mat: jax.Array, scene: Sc
     return jnp.stack([row, col], axis=-1)
 
 
+def _to_local(v: jax.Array, rot: jax.Array) -> jax.Array:
+    """``rot^T v`` written as three multiply-adds (float32 [..., 3] with rot [..., 3, 3], broadcasting).
+
+    Elementwise on purpose: XLA fuses it with the intersection test and the min-reduction, so the
+    [pixels x geoms x 3] local rays are never materialised (an einsum would be a separate dot).
+    """
+    return v[..., 0:1] * rot[..., 0, :] + v[..., 1:2] * rot[..., 1, :] + v[..., 2:3] * rot[..., 2, :]
+
+
 def _nearest(scene: Scene, xpos, xmat, origins, dirs):
     """Nearest visible hit along rays. origins float32 [3] or [P, 3], dirs [P, 3] -> (t [P], geom id [P])."""
     best_t, best_id = [], []
     for gtype, ids in scene.groups.items():
         pos, rot, size = xpos[ids], xmat[ids], scene.geom_size[ids]
         if origins.ndim == 1:  # shared origin: transform once per geom
-            o = jnp.einsum("nk,nkj->nj", origins[None] - pos, rot)
+            o = _to_local(origins[None] - pos, rot)  # [n, 3]
         else:
-            o = jnp.einsum("pnk,nkj->pnj", origins[:, None] - pos[None], rot)
-        d = jnp.einsum("pk,nkj->pnj", dirs, rot)
+            o = _to_local(origins[:, None] - pos[None], rot[None])  # [P, n, 3]
+        d = _to_local(dirs[:, None], rot[None])  # [P, n, 3]
         t = prim.RAY_FUNCTIONS[gtype](o, d, size)  # [P, n]
         k = jnp.argmin(t, axis=-1)
         best_t.append(jnp.take_along_axis(t, k[:, None], axis=-1)[:, 0])

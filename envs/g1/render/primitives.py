@@ -64,7 +64,8 @@ def ray_plane(origin, direction, size):
     t = jnp.where(front, -origin[..., 2] * _safe_recip(dz), jnp.inf)
     t_hit = jnp.where(jnp.isfinite(t), t, 0.0)
     xy = origin[..., :2] + t_hit[..., None] * direction[..., :2]
-    inside = jnp.all((size[..., :2] <= 0) | (jnp.abs(xy) <= size[..., :2]), axis=-1)
+    half = jnp.where(size[..., :2] > 0, size[..., :2], jnp.inf)  # 0 = infinite
+    inside = (jnp.abs(xy[..., 0]) <= half[..., 0]) & (jnp.abs(xy[..., 1]) <= half[..., 1])
     return jnp.where(front & inside & (t > EPS), t, jnp.inf)
 
 
