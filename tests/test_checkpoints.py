@@ -121,3 +121,23 @@ def test_sigkill_mid_save_resumes_exactly(tmp_path):
     # The killed run agrees with the reference up to the kill as well.
     (before,) = [v for v in runs.values() if min(v) == 1]
     assert max(before) == 7 and all(before[s] == pytest.approx(ref[s], rel=1e-6) for s in before)
+
+
+def test_policy_inference_params_and_assets_for_later_stages(tmp_path):
+    """A later stage (collection, fine-tuning) loads the SFT policy and its frozen norm stats by name."""
+    from recap_jax import policy as pol
+
+    cfg = pol.PolicyConfig(image_size=(32, 32))
+    stats = pol.NormStats.from_arrays(np.random.default_rng(0).normal(size=(50, 32)), np.ones((50, 36)))
+    tx = make_optimizer(OptimizerConfig.psi0(total_steps=10, warmup_steps=1))
+    state = TrainState.create(pol.init_policy(cfg, 0, stats), tx, jax.random.PRNGKey(0), mask=pol.trainable_mask)
+    assert not any(jax.tree.leaves(state.mask.norm))
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(state, assets=make_assets(stats, config=cfg, preset="tiny", seed=0))
+    params = load_inference_params(tmp_path, pol.abstract_policy(cfg))
+    chex.assert_trees_all_equal(params.model, state.params.model)
+    # The frozen statistics travel in the assets; later stages put them back with with_norm_stats.
+    frozen = norm_stats_from_assets(load_assets(tmp_path))
+    params = pol.with_norm_stats(params, pol.NormStats(**{k: jax.numpy.asarray(v) for k, v in frozen.items()}))
+    chex.assert_trees_all_close(params.norm, stats)
+    assert load_assets(tmp_path)["config"]["action_expert"] == "tiny"

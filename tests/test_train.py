@@ -180,3 +180,29 @@ def test_loop_with_loader_writes_metrics(tmp_path):
     assert [r["step"] for r in rows] == [3, 6, 7] and {"loss", "grad_norm", "lr", "mse"} <= set(rows[0])
     assert list((tmp_path / "logs" / "tb").glob("events.out.tfevents.*"))
     assert loader.state_dict()["epoch"] * loader.steps_per_epoch + loader.state_dict()["step"] == 7
+
+
+def test_eval_step_uses_inference_params():
+    from recap_jax.train import make_eval_step
+
+    params = init_tiny(jax.random.PRNGKey(0), 201)
+    tx = make_optimizer(OptimizerConfig.value(lr=1e-2, warmup_steps=0))
+    state = TrainState.create(params, tx, jax.random.PRNGKey(1), ema=True)
+    state, _ = jax.jit(make_train_step(tiny_value_loss, tx, ema_decay=0.5))(state, _batch(ret=True))
+    ev = jax.jit(make_eval_step(tiny_value_loss))(state, _batch(ret=True))
+    want, _ = tiny_value_loss(state.inference_params, _batch(ret=True), None)
+    assert set(ev) == {"loss", "ce"} and float(ev["loss"]) == pytest.approx(float(want), rel=1e-6)
+    chex.assert_trees_all_equal(state.inference_params.norm_stats, state.params.norm_stats)
+    assert not np.array_equal(
+        state.inference_params.state["l1"]["kernel"][...], state.params.state["l1"]["kernel"][...]
+    )
+
+
+def test_distributed_initialize_single_process_and_errors(monkeypatch):
+    from recap_jax.train import initialize
+
+    for k in ("RECAP_COORDINATOR_ADDRESS", "RECAP_NUM_PROCESSES", "RECAP_PROCESS_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert initialize() == (0, 1)
+    with pytest.raises(ValueError, match="without num_processes/process_id"):
+        initialize("127.0.0.1:1234")

@@ -221,6 +221,12 @@ class Checkpointer:
         if self.best is not None:
             self.best.close()
 
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _reader(directory: str | os.PathLike, best: bool) -> tuple[ocp.CheckpointManager, Path]:
     sub = Path(directory).absolute() / ("best" if best else "checkpoints")
