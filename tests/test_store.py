@@ -69,6 +69,12 @@ def test_annotations(tmp_path):
     with pytest.raises(KeyError, match="'return' not found"):
         store.read_annotation("return")
     assert store.annotation_names() == ["label"]
+    with pytest.raises(ValueError, match="labels outside"):
+        store.write_annotation("label", {1: np.array([2, 0, 1])})
+    with pytest.raises(ValueError, match="non-finite"):
+        store.write_annotation("value", {1: np.array([0.0, np.nan, 1.0])})
+    store.write_annotation("return", {1: np.array([0, -0.5, -1.0], np.float64)})
+    assert store.read_annotation("return")[1].dtype == np.float32
 
 
 def test_missing_manifest_named(tmp_path):

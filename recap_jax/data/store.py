@@ -46,6 +46,8 @@ SHARDS_DIR = "shards"
 ANNOTATIONS_DIR = "annotations"
 _FORMAT_VERSION = 1
 _CACHE_SHARDS = 16
+# dtypes of the annotation names used by the stages (others are stored as given)
+ANNOTATION_DTYPES = {"value": np.float32, "return": np.float32, "advantage": np.float32, "label": np.int8}
 _ARRAY_FIELDS = ("states", "actions", "image_steps", "images")
 
 
@@ -376,7 +378,9 @@ class EpisodeStore:
 
     def write_annotation(self, name: str, values: Mapping[int, np.ndarray], *, replace: bool = False) -> None:
         """Stores per-imaged-step values for some episodes (merged into an existing annotation unless
-        ``replace``). Each array must have one entry per imaged step of its episode. Atomic."""
+        ``replace``). Each array must have one entry per imaged step of its episode. Known names are cast
+        to their dtype (``"label"`` int8 in {-1, 0, 1}; ``"value"``, ``"return"``, ``"advantage"`` finite
+        float32). Atomic."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"annotation name must be alphanumeric (with _ or -), got {name!r}")
         arrays: dict[str, np.ndarray] = {}
@@ -385,6 +389,13 @@ class EpisodeStore:
             if eid not in self._where:
                 raise KeyError(f"annotation {name!r}: episode {eid} is not in the store at {self.root}")
             value = np.asarray(value)
+            if name in ANNOTATION_DTYPES:
+                want = ANNOTATION_DTYPES[name]
+                if want == np.int8 and not np.isin(value, (-1, 0, 1)).all():
+                    raise ValueError(f"annotation {name!r}: episode {eid} has labels outside {{-1, 0, 1}}")
+                if want == np.float32 and not np.isfinite(value).all():
+                    raise ValueError(f"annotation {name!r}: episode {eid} has non-finite values")
+                value = value.astype(want)
             q = self.num_images(eid)
             if value.shape[:1] != (q,):
                 raise ValueError(
