@@ -234,3 +234,47 @@ def require(module: str, stage: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise StageError(f"stage {stage!r} needs {module}, which is not available: {e}") from e
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StageArgs:
+    """Common CLI of the stage scripts.
+
+    Attributes:
+      out: the run directory (created; its config.json pins the preset for every later stage).
+      preset: smoke | gpu | paper (default: the run directory's, else smoke).
+      seed: the study seed (default: the preset's).
+    """
+
+    out: Path
+    preset: str | None = None
+    seed: int | None = None
+
+
+def stage_main(run_fn, description: str, argv=None) -> dict:
+    """Parses ``StageArgs``, sets up JAX and runs ``run_fn(cfg, out)``."""
+    import tyro
+
+    args = tyro.cli(StageArgs, args=argv, description=description)
+    setup_jax()
+    cfg = load_or_init_config(args.out, args.preset, args.seed)
+    return run_fn(cfg, args.out)
+
+
+def run_stage(out, stage: str, cfg_slice: Any, fn, files_fn=None, force: bool = False) -> dict:
+    """Runs ``fn() -> outputs`` unless the stage's marker validates; writes the marker; returns it."""
+    if not force:
+        done = stage_done(out, stage, cfg_slice)
+        if done is not None:
+            print(f"[{stage}] done earlier ({done['seconds']:.1f} s): skipped", flush=True)
+            return done
+    print(f"[{stage}] running", flush=True)
+    with timer() as t:
+        outputs = fn()
+    files = files_fn(outputs) if files_fn else ()
+    marker = mark_done(out, stage, cfg_slice, outputs, t["seconds"], files)
+    print(f"[{stage}] finished in {t['seconds']:.1f} s", flush=True)
+    return marker

@@ -32,7 +32,7 @@ class EnvSettings:
     """Environment overrides passed to ``envs.make("G1BendPick-v0", ...)``."""
 
     episode_length: int = 600  # control steps at 50 Hz (the paper's T = 600)
-    image_size: tuple[int, int] = (180, 320)  # (H, W) the policy sees
+    image_size: tuple[int, int] = (192, 320)  # (H, W): Ψ0's 180×320 rounded up to 32 px (60 visual tokens)
     randomization_level: int = 1
     replan_every: int = 24  # Ta: executed actions per chunk before re-querying
 
@@ -126,8 +126,8 @@ class StudyConfig:
     seed: int = 0
     iterations: int = 1  # > 1: the π*0.6 loop (collect with the latest policy, retrain value and policy)
     env: EnvSettings = field(default_factory=EnvSettings)
-    policy: Overrides = ()  # fields of recap_jax.policy.PolicyConfig
-    value: Overrides = ()  # fields of the value-network config
+    policy: Overrides = ()  # fields of recap_jax.policy.PolicyConfig (image size and Ta come from `env`)
+    value: Overrides = ()  # fields of recap_jax.value_training.ValueTrainConfig (epochs etc. from `value_training`)
     demos: DemoSettings = field(default_factory=DemoSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
     collect: CollectSettings = field(default_factory=CollectSettings)
@@ -186,7 +186,7 @@ def override(cfg: StudyConfig, **changes: Any) -> StudyConfig:
 #   envs: 8 batched envs, episode limit 150 control steps (3 s), 5 replans of Ta = 24 ... 30 actions.
 #   simulated control steps: demos 8×150 + collect 16×150 + eval 5 conditions × 16×150 = 15.6k
 #   (×10 physics substeps each); at ~1-2 ms per batched control step per env on CPU that is < 2 min.
-#   training: SFT 300 + RECAP 150 + BC-all 150 steps at batch 16 on a ~0.1 M-parameter policy (< 1 min);
+#   training: SFT 300 + RECAP 150 + BC-all 150 steps at batch 16 on the "tiny" expert + encoder (0.24 M + encoder);
 #   value 5 epochs over ~16 episodes (seconds).
 #   compiles (dominant on CPU, shared through the persistent cache): expert rollout, policy rollout
 #   (one program: params, prompts and β are traced, so all 5 conditions reuse it), policy train step,
@@ -196,8 +196,8 @@ SMOKE = StudyConfig(
     description="2-core CPU, <= 10 min: tiny models, few episodes, every stage for real",
     seed=0,
     env=EnvSettings(episode_length=150, image_size=(48, 80), randomization_level=0, replan_every=24),
-    policy=(("width", 64), ("depth", 2), ("num_heads", 2), ("mlp_ratio", 2)),
-    value=(("width", 64),),
+    policy=(("action_expert", "tiny"), ("encoder", "tiny")),
+    value=(("backbone", "cnn"), ("cnn_channels", (8, 16))),
     demos=DemoSettings(num_demos=8, num_envs=8, expert_noise=0.0),
     sft=SFTSettings(steps=300, init_step=150, batch_size=16, learning_rate=3e-4, warmup_steps=20, log_every=50),
     collect=CollectSettings(episodes=16, num_envs=8),
@@ -218,9 +218,9 @@ GPU = StudyConfig(
     name="gpu",
     description="one H100: each stage within 10 min, whole study ~20 min; conditions large enough to separate",
     seed=0,
-    env=EnvSettings(episode_length=400, image_size=(90, 160), randomization_level=1, replan_every=24),
-    policy=(("width", 256), ("depth", 4), ("num_heads", 4), ("mlp_ratio", 4)),
-    value=(("width", 256),),
+    env=EnvSettings(episode_length=400, image_size=(96, 160), randomization_level=1, replan_every=24),
+    policy=(("action_expert", "small"), ("encoder", "small")),
+    value=(("backbone", "cnn"), ("cnn_channels", (32, 64, 128, 128))),
     demos=DemoSettings(num_demos=128, num_envs=128, expert_noise=0.0),
     sft=SFTSettings(
         steps=6_000,
@@ -238,7 +238,7 @@ GPU = StudyConfig(
     evaluate=EvalSettings(episodes=512, num_envs=256, gif_episodes=2),
     budget=(
         "256 envs x 400 control steps per wave: collect 2 waves + screening 3x64 + eval 5 conditions x 2 waves; "
-        "SFT 6k and RECAP/BC 6k steps each at batch 64 on a ~5 M-parameter policy; value 30 epochs"
+        "SFT 6k and RECAP/BC 6k steps each at batch 64 on the 36 M-parameter small expert; value 30 epochs"
     ),
 )
 
@@ -247,9 +247,12 @@ PAPER = StudyConfig(
     name="paper",
     description="the paper's settings (RECAP-Ψ Sec. 3-4, App. B); needs Ψ0-scale compute",
     seed=0,
-    env=EnvSettings(episode_length=600, image_size=(180, 320), randomization_level=1, replan_every=24),
-    policy=(),  # the stage's defaults: Ψ0's action expert (width 1536, 6 blocks, 24 heads)
-    value=(),
+    env=EnvSettings(episode_length=600, image_size=(192, 320), randomization_level=1, replan_every=24),
+    # Ψ0's action expert (width 1536, 6 blocks, 24 heads) on a 2048-d context, bf16 compute.
+    policy=(("action_expert", "psi0"), ("encoder", "base"), ("dtype", "bfloat16")),
+    # The paper's frozen ImageNet ResNet-50 needs weights that cannot be fetched here; the policy's frozen
+    # System-2 encoder stands in for it (recorded in results.json provenance).
+    value=(("backbone", "system2"),),
     demos=DemoSettings(num_demos=100, num_envs=100),
     sft=SFTSettings(steps=40_000, init_step=20_000, batch_size=128, learning_rate=1e-4, warmup_steps=1_000),
     collect=CollectSettings(episodes=500, num_envs=100),

@@ -1,0 +1,167 @@
+"""Stage 6: closed-loop success of every condition on the same held-out reset keys.
+
+    python -m experiments.evaluate --out runs/smoke
+
+Conditions (paper Table 1): ``sft_init`` (the collection checkpoint), ``sft_final`` (SFT at
+``sft.steps``), ``bc_all``, ``recap_low`` and ``recap_high`` (the one RECAP policy prompted with each
+token; ``evaluate.cfg_beta`` applies classifier-free guidance to ``recap_high``). Episode ``i`` of every
+condition starts from the same state (rollout key namespace EVAL), so outcomes pair by index.
+Writes ``DIR/evaluate/<condition>.npz`` (success, steps, fell, cause; the first episodes' egocentric
+frames for the GIF) and a marker per condition, so a killed evaluation resumes per condition.
+
+Any checkpoint can be evaluated on its own: ``--checkpoint DIR/finetune/recap --label high``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from experiments import collect, common, finetune, glue
+from experiments.presets import StudyConfig
+from experiments.report import CONDITIONS, Outcomes
+
+GIF_POOL = 16  # episodes whose frames are kept per RECAP condition (the GIF picks among them)
+
+
+def stage_name(it: int, cond: str) -> str:
+    if cond.startswith("sft_"):
+        return f"evaluate/{cond}"  # the SFT conditions do not change across iterations
+    return f"evaluate/{cond}" if it == 0 else f"evaluate_it{it}/{cond}"
+
+
+def condition_spec(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
+    """Checkpoint directory, step, policy config, prompt label and β of a condition."""
+    marker = common.read_json(Path(out) / collect.stage_name(0) / common.MARKER)
+    if cond == "sft_init":
+        return {"dir": "sft", "step": marker["outputs"]["checkpoint_step"], "dropout": 0.0, "label": None, "beta": 1.0}
+    if cond == "sft_final":
+        return {"dir": "sft", "step": cfg.sft.steps, "dropout": 0.0, "label": None, "beta": 1.0}
+    if cond == "bc_all":
+        return {"dir": finetune.run_dir(it, "bc_all"), "step": None, "dropout": 0.0, "label": None, "beta": 1.0}
+    label = {"recap_low": "low", "recap_high": "high"}[cond]
+    beta = cfg.evaluate.cfg_beta if (cond == "recap_high" and cfg.evaluate.cfg_beta is not None) else 1.0
+    return {
+        "dir": finetune.run_dir(it, "recap"),
+        "step": None,
+        "dropout": cfg.finetune.indicator_dropout,
+        "label": label,
+        "beta": beta,
+    }
+
+
+def evaluate_checkpoint(cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: float, label, beta: float, keep=()):
+    env = glue.make_env(cfg)
+    params = glue.load_policy(ckpt_dir, glue.policy_config(cfg, dropout), step)
+    return glue.evaluate_policy(
+        env,
+        params,
+        num_episodes=cfg.evaluate.episodes,
+        num_envs=cfg.evaluate.num_envs,
+        seed=cfg.evaluate.key_seed,
+        prompt=glue.prompt_for(label),
+        ta=cfg.env.replan_every,
+        beta=beta,
+        keep_images=tuple(keep),
+    )
+
+
+def evaluate_condition(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
+    from recap_jax import rollout
+
+    spec = condition_spec(cfg, out, cond, it)
+    keep = range(min(GIF_POOL, cfg.evaluate.episodes)) if cond in ("recap_high", "recap_low") else ()
+    res = evaluate_checkpoint(
+        cfg,
+        Path(out) / spec["dir"],
+        step=spec["step"],
+        dropout=spec["dropout"],
+        label=spec["label"],
+        beta=spec["beta"],
+        keep=keep,
+    )
+    cause = np.asarray(res["cause"], np.int8)
+    outcomes = Outcomes(
+        success=res["success"], steps=res["n_steps"], fell=cause == rollout.FAILURE_CAUSES.index("fell")
+    )
+    path = Path(out) / f"{stage_name(it, cond)}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outcomes.save(str(path))
+    np.savez(
+        path.with_name(path.stem + "_detail.npz"), cause=cause, **{f"images_{k}": v for k, v in res["images"].items()}
+    )
+    return {
+        "condition": cond,
+        **{k: v for k, v in spec.items()},
+        "prompt": glue.prompt_for(spec["label"]),
+        "episodes": outcomes.episodes,
+        "successes": int(outcomes.success.sum()),
+        "rate": float(outcomes.success.mean()) if outcomes.episodes else None,
+        "causes": {c: int((cause == i).sum()) for i, c in enumerate(rollout.FAILURE_CAUSES)},
+    }
+
+
+def load_outcomes(out: Path, it: int = 0) -> dict[str, Outcomes]:
+    return {c: Outcomes.load(str(Path(out) / f"{stage_name(it, c)}.npz")) for c in CONDITIONS}
+
+
+def load_frames(out: Path, cond: str, it: int = 0) -> dict[int, np.ndarray]:
+    path = Path(out) / f"{stage_name(it, cond)}_detail.npz"
+    with np.load(path) as z:
+        return {int(k.split("_", 1)[1]): z[k] for k in z.files if k.startswith("images_")}
+
+
+def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
+    cfg_slice = {"evaluate": cfg.evaluate, "env": cfg.env, "seed": cfg.seed}
+    markers = {}
+    for cond in CONDITIONS:
+        name = stage_name(it, cond)
+        markers[cond] = common.run_stage(
+            out,
+            name,
+            {**cfg_slice, "condition": cond},
+            lambda cond=cond: evaluate_condition(cfg, out, cond, it),
+            files_fn=lambda _, name=name: [f"{name}.npz"],
+        )
+    return markers
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArgs(common.StageArgs):
+    """Evaluate the study's conditions, or one checkpoint (``--checkpoint``) under a prompt label.
+
+    Attributes:
+      checkpoint: a policy run directory (e.g. DIR/finetune/recap); evaluates only it.
+      step: checkpoint step (default: latest).
+      label: "high" | "low" | None (bare instruction).
+      beta: CFG weight (needs a checkpoint trained with indicator dropout).
+      indicator_dropout: the checkpoint's training indicator dropout (for its config).
+    """
+
+    checkpoint: Path | None = None
+    step: int | None = None
+    label: str | None = None
+    beta: float = 1.0
+    indicator_dropout: float = 0.0
+
+
+def main(argv=None) -> None:
+    import tyro
+
+    args = tyro.cli(EvalArgs, args=argv, description="Closed-loop evaluation on the held-out reset keys (stage 6).")
+    common.setup_jax()
+    cfg = common.load_or_init_config(args.out, args.preset, args.seed)
+    if args.checkpoint is None:
+        run(cfg, args.out)
+        return
+    res = evaluate_checkpoint(
+        cfg, args.checkpoint, step=args.step, dropout=args.indicator_dropout, label=args.label, beta=args.beta
+    )
+    n, k = len(res["success"]), int(np.sum(res["success"]))
+    print(f"{args.checkpoint} label={args.label} beta={args.beta}: {k}/{n} = {k / max(n, 1):.1%}")
+
+
+if __name__ == "__main__":
+    main()

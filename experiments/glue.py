@@ -1,0 +1,237 @@
+"""Thin glue between a ``StudyConfig`` and the stages' own configs and functions.
+
+Nothing here is new method: it maps preset fields onto ``envs.make``, ``PolicyConfig``,
+``ValueTrainConfig``, ``LabelConfig``, ``LoaderConfig`` and ``OptimizerConfig``, and wires the
+library's train loop (``recap_jax.train``) and rollouts (``recap_jax.rollout``) for the scripts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.presets import StudyConfig
+
+ENV_NAME = "G1BendPick-v0"
+INSTRUCTION = "bend to pick up the cracker box"  # SIMPLE's prompt, "bend to pick up the {object}" lower-cased
+
+
+# ---- configs --------------------------------------------------------------------------------------
+
+
+def make_env(cfg: StudyConfig):
+    import envs
+
+    return envs.make(
+        ENV_NAME,
+        episode_length=cfg.env.episode_length,
+        image_size=tuple(cfg.env.image_size),
+        randomization_level=cfg.env.randomization_level,
+        camera=False,  # the rollout renders at decision points only
+    )
+
+
+def policy_config(cfg: StudyConfig, indicator_dropout: float = 0.0):
+    from recap_jax.policy import PolicyConfig
+
+    return PolicyConfig(
+        **dict(cfg.policy),
+        image_size=tuple(cfg.env.image_size),
+        execute=cfg.env.replan_every,
+        indicator_dropout=indicator_dropout,
+    )
+
+
+def value_config(cfg: StudyConfig):
+    from recap_jax.value_training import ValueTrainConfig
+
+    v = cfg.value_training
+    return ValueTrainConfig(
+        **{k: (tuple(x) if isinstance(x, list) else x) for k, x in cfg.value},
+        epochs=v.epochs,
+        batch_size=v.batch_size,
+        learning_rate=v.learning_rate,
+        val_fraction=v.val_fraction,
+        split_seed=v.split_seed,
+        max_steps=cfg.env.episode_length,
+        seed=cfg.seed,
+    )
+
+
+def label_config(cfg: StudyConfig):
+    from recap_jax.labeling import LabelConfig
+
+    return LabelConfig(
+        positive_fraction=cfg.labels.positive_fraction, n_step=cfg.labels.n_step, max_steps=cfg.env.episode_length
+    )
+
+
+def optimizer_config(settings, total_steps: int):
+    from recap_jax.train import OptimizerConfig
+
+    return OptimizerConfig.psi0(
+        total_steps=total_steps,
+        lr=settings.learning_rate,
+        warmup_steps=min(settings.warmup_steps, max(total_steps - 1, 0)),
+        weight_decay=settings.weight_decay,
+        clip_norm=settings.grad_clip,
+    )
+
+
+# ---- policy training ------------------------------------------------------------------------------
+
+
+def train_policy(
+    *,
+    params0,
+    store_root: str | os.PathLike,
+    kinds: tuple[str, ...],
+    label_annotation: str | None,
+    settings,
+    num_steps: int,
+    save_every: int,
+    out_dir: str | os.PathLike,
+    seed: int,
+    assets: Mapping[str, Any],
+    progress: bool = True,
+) -> tuple[Any, list[dict]]:
+    """Flow-matching training of ``params0`` on the store's windows with the library's loop.
+
+    Resumes from ``out_dir``'s latest checkpoint when there is one. Saves every ``save_every`` steps
+    (all kept) and at the end; returns (final inference params, logged history).
+    """
+    import jax
+
+    from recap_jax import policy
+    from recap_jax import train as T
+    from recap_jax.data import EpisodeStore
+    from recap_jax.data.loader import LoaderConfig, WindowLoader
+
+    pcfg = params0.config
+    mesh = T.make_mesh()
+    n_dev = mesh.devices.size
+    batch = int(settings.batch_size)
+    if batch % n_dev:
+        raise ValueError(f"batch_size {batch} must be a multiple of the {n_dev} devices")
+    opt_cfg = optimizer_config(settings, num_steps)
+    tx = T.make_optimizer(opt_cfg)
+    store = EpisodeStore(store_root)
+    loader_cfg = LoaderConfig(
+        batch_size=batch,
+        horizon=pcfg.chunk,
+        seed=seed,
+        max_prompt_len=pcfg.prompt_max_len,
+        label_annotation=label_annotation,
+        emit_uncond=pcfg.indicator_dropout > 0,
+        kinds=kinds,
+    )
+    keep = max(1, math.ceil(num_steps / save_every)) + 1
+    ckpt = T.Checkpointer(out_dir, max_to_keep=keep)
+
+    def init_fn(key):
+        return T.TrainState.create(params0, tx, key, mask=policy.trainable_mask)
+
+    state, shardings, position = T.init_or_restore(init_fn, mesh, jax.random.PRNGKey(seed), ckpt)
+    step_fn = T.jit_train_step(
+        T.make_train_step(policy.policy_loss, tx, lr_schedule=T.learning_rate_schedule(opt_cfg)), shardings, mesh
+    )
+    loop = T.LoopConfig(num_steps=num_steps, log_every=settings.log_every, save_every=save_every, progress=progress)
+    with WindowLoader(store, loader_cfg, mesh=mesh) as loader, T.MetricWriter(Path(out_dir) / "logs") as writer:
+        if position:
+            loader.load_state_dict(position)
+        state, history = T.train(state, step_fn, loader, loop, checkpointer=ckpt, writer=writer, assets=dict(assets))
+    ckpt.close()
+    return jax.device_get(state.inference_params), history
+
+
+def load_policy(run_dir: str | os.PathLike, pcfg, step: int | None = None):
+    """Inference params of a policy run (``step`` or the latest)."""
+    from recap_jax import policy
+    from recap_jax import train as T
+
+    return T.load_inference_params(run_dir, policy.abstract_policy(pcfg), step=step)
+
+
+def norm_stats(store_root: str | os.PathLike, kinds: tuple[str, ...]):
+    from recap_jax.data import EpisodeStore
+    from recap_jax.data.loader import norm_stats as _stats
+    from recap_jax.policy import NormStats
+
+    eps = [e for e in EpisodeStore(store_root).iter_episodes() if e.tags.get("kind") in kinds]
+    s = _stats(eps)
+    return NormStats.from_arrays(
+        np.stack([s["state_min"], s["state_max"]]), np.stack([s["action_min"], s["action_max"]])
+    )
+
+
+def prompt_for(condition_label: str | None) -> str:
+    from recap_jax.advantage import format_prompt
+
+    return format_prompt(INSTRUCTION, condition_label)
+
+
+# ---- closed-loop evaluation (paired, held-out keys) ------------------------------------------------
+
+
+def evaluate_policy(
+    env,
+    params,
+    *,
+    num_episodes: int,
+    num_envs: int,
+    seed: int,
+    prompt: str,
+    ta: int,
+    beta: float = 1.0,
+    keep_images: tuple[int, ...] = (),
+    namespace: int | None = None,
+) -> dict[str, Any]:
+    """Held-out closed-loop evaluation, episode ``i`` keyed as ``rollout.evaluate`` keys it.
+
+    Runs the same recorded wave program as collection (``record=True``) so that one compiled program
+    serves collection, every condition and the GIF frames. Returns per-episode ``success``, ``n_steps``,
+    ``cause`` (index into ``rollout.FAILURE_CAUSES``) and ``images`` {episode id: u8[Q, H, W, 3]} for
+    ``keep_images``.
+    """
+    import jax
+
+    from recap_jax import policy, rollout
+
+    tok = params.config.tokenizer()
+    ids_row = tok.encode(prompt)[0]
+    rows = np.broadcast_to(ids_row, (num_envs, ids_row.shape[1]))
+    act_kwargs = None
+    if beta != 1.0:
+        uncond = tok.encode(INSTRUCTION)[0]
+        act_kwargs = {"uncond_ids": np.broadcast_to(uncond, (num_envs, uncond.shape[1]))}
+    key = jax.random.fold_in(jax.random.key(seed), rollout.EVAL if namespace is None else namespace)
+    ids = list(range(num_episodes))
+    out = {"success": [], "n_steps": [], "cause": [], "images": {}}
+    for start in range(0, num_episodes, num_envs):
+        chunk = ids[start : start + num_envs]
+        padded = np.array(chunk + [chunk[-1]] * (num_envs - len(chunk)), np.int32)
+        res = jax.device_get(
+            rollout.run_wave(
+                env, policy.sample_actions, params, rows, beta, key, padded, ta=ta, record=True, act_kwargs=act_kwargs
+            )
+        )
+        k = len(chunk)
+        for name in ("success", "n_steps", "cause"):
+            out[name].append(np.asarray(res[name][:k]))
+        for j, eid in enumerate(chunk):
+            if eid in keep_images:
+                q = -(-int(res["n_steps"][j]) // ta)
+                out["images"][eid] = np.asarray(res["images"][j, : max(q, 1)])
+    for name in ("success", "n_steps", "cause"):
+        out[name] = np.concatenate(out[name]) if out[name] else np.zeros(0)
+    return out
+
+
+def dataclass_dict(x) -> dict:
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else dict(x)

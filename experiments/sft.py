@@ -1,0 +1,140 @@
+"""Stage 1: expert demonstrations, then flow-matching SFT on them (the paper's SFT@20k/40k).
+
+    python -m experiments.sft --out runs/smoke [--preset smoke] [--seed 0]
+
+Writes ``DIR/demos/`` (episode store of the scripted expert's demos; only successful ones when
+``demos.successful_only``) and ``DIR/sft/`` (orbax checkpoints at ``sft.init_step``, the screening
+candidates and ``sft.steps``; ``logs/metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from experiments import common, glue
+from experiments.presets import StudyConfig
+
+DEMO_ID_OFFSET = 0
+MAX_DEMO_WAVES = 4  # waves of num_envs tried (as multiples of the requested count) to find successes
+
+
+def _expert(cfg: StudyConfig):
+    expert = common.require("envs.g1.expert", "env (scripted expert)")
+    params = expert.expert_params(noise=cfg.demos.expert_noise)
+    return expert.expert_act, params
+
+
+def collect_demos(cfg: StudyConfig, out: Path) -> dict:
+    """Runs the scripted expert and stores ``demos.num_demos`` demos in ``DIR/demos/store``."""
+    from recap_jax import rollout
+    from recap_jax.data import EpisodeStore
+
+    env = glue.make_env(cfg)
+    act, params = _expert(cfg)
+    raw = EpisodeStore(Path(out) / "demos" / "raw", create=True)
+    want = cfg.demos.num_demos
+    per_wave = cfg.demos.num_envs
+    tried = 0
+    max_episodes = want * (MAX_DEMO_WAVES if cfg.demos.successful_only else 1)
+    while True:
+        n = min(per_wave, max_episodes - tried)
+        rollout.collect(
+            env,
+            act,
+            params,
+            raw,
+            n,
+            prompt=glue.INSTRUCTION,
+            seed=cfg.seed,
+            first_id=DEMO_ID_OFFSET + tried,
+            num_envs=per_wave,
+            ta=cfg.env.replan_every,
+            tags={"kind": "demo", "policy": f"expert(noise={cfg.demos.expert_noise})", "iteration": 0},
+        )
+        tried += n
+        eps = raw.load()
+        succ = [e for e in eps if e.success]
+        if not cfg.demos.successful_only or len(succ) >= want or tried >= max_episodes:
+            break
+    eps = sorted(raw.load(), key=lambda e: e.episode_id)
+    succ = [e for e in eps if e.success]
+    if cfg.demos.successful_only and succ:
+        chosen, note = succ[:want], "successful demos only"
+    elif cfg.demos.successful_only:
+        chosen, note = eps[:want], "the expert succeeded in none of the tried episodes: all kept (mixed-quality demos)"
+    else:
+        chosen, note = eps[:want], "all demos kept"
+    store = EpisodeStore(Path(out) / "demos" / "store", create=True)
+    have = set(store.episode_ids())
+    new = [e for e in chosen if e.episode_id not in have]
+    if new:
+        store.append(new)
+    return {
+        "tried": tried,
+        "expert_success_rate": float(np.mean([e.success for e in eps])),
+        "demos": len(chosen),
+        "demo_successes": int(sum(e.success for e in chosen)),
+        "mean_demo_steps": float(np.mean([e.n_steps for e in chosen])),
+        "note": note,
+    }
+
+
+def save_steps(cfg: StudyConfig) -> tuple[int, int]:
+    """(save_every, checkpoints kept): every candidate, the init step and the final step are saved."""
+    steps = [cfg.sft.init_step, cfg.sft.steps, *cfg.sft.candidate_steps]
+    every = math.gcd(*steps)
+    return every, cfg.sft.steps // every
+
+
+def train_sft(cfg: StudyConfig, out: Path) -> dict:
+    import jax
+
+    from recap_jax import policy, train
+
+    demos = Path(out) / "demos" / "store"
+    pcfg = glue.policy_config(cfg)
+    norm = glue.norm_stats(demos, ("demo",))
+    params0 = policy.init_policy(pcfg, jax.random.key(cfg.seed), norm)
+    every, _ = save_steps(cfg)
+    params, history = glue.train_policy(
+        params0=params0,
+        store_root=demos,
+        kinds=("demo",),
+        label_annotation=None,
+        settings=cfg.sft,
+        num_steps=cfg.sft.steps,
+        save_every=every,
+        out_dir=Path(out) / "sft",
+        seed=cfg.seed,
+        assets=train.make_assets(norm, config=pcfg, preset=cfg.name, seed=cfg.seed, stage="sft"),
+    )
+    return {
+        "steps": cfg.sft.steps,
+        "saved_steps": sorted(train.Checkpointer(Path(out) / "sft").all_steps()),
+        "final_loss": history[-1]["loss"] if history else None,
+        "params": train.count_params(params.model),
+    }
+
+
+def run(cfg: StudyConfig, out: Path) -> dict:
+    demos = common.run_stage(
+        out, "demos", {"env": cfg.env, "demos": cfg.demos, "seed": cfg.seed}, lambda: collect_demos(cfg, out)
+    )
+    sft = common.run_stage(
+        out,
+        "sft",
+        {"env": cfg.env, "policy": cfg.policy, "sft": cfg.sft, "demos": cfg.demos, "seed": cfg.seed},
+        lambda: train_sft(cfg, out),
+    )
+    return {"demos": demos, "sft": sft}
+
+
+def main(argv=None) -> None:
+    common.stage_main(run, "Expert demos + flow-matching SFT (stage 1 of the RECAP-Ψ study).", argv)
+
+
+if __name__ == "__main__":
+    main()
