@@ -193,7 +193,8 @@ class ActionExpert(nnx.Module):
         self.ac_fc2 = layers.linear(a, d, rngs, dt)
         self.dec_pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.chunk, d), jnp.float32))
         self.blocks = nnx.List([JointBlock(cfg, i == cfg.depth - 1, rngs) for i in range(cfg.depth)])
-        self.out_mod = layers.zero_linear(d, 2 * d, rngs, dt)
+        # Not zero: with out = W(x·scale + shift) a zero modulation would also zero the head's gradient.
+        self.out_mod = layers.linear(d, 2 * d, rngs, dt)
         self.out_proj = layers.zero_linear(d, a, rngs, dt)
 
     def __call__(
