@@ -1,8 +1,10 @@
 """Analytic ray–primitive intersection and surface normals, in each geom's local frame.
 
-Every function here is elementwise over leading axes and broadcasts ``origin`` / ``direction``
-(float32 [..., 3], the ray in the geom frame) against ``size`` (float32 [..., 3], MuJoCo's
-``geom_size``). A distance function returns float32 [...]: the smallest ``t > EPS`` at which the
+Distance functions are elementwise: ``origin``, ``direction`` (the ray in the geom frame) and
+``size`` (MuJoCo's ``geom_size``) are each a 3-tuple of broadcastable float32 arrays [...] (x, y, z
+components: structure-of-arrays, so that under ``vmap`` XLA fuses the whole test into the
+min-reduction over geoms instead of materialising [..., 3] temporaries).
+They return float32 [...]: the smallest ``t > EPS`` at which the
 ray *enters* the solid (``origin + t * direction`` on the surface), or ``+inf`` for a miss. Back
 faces are culled: a ray that starts inside a geom does not see it, so a camera placed inside its
 own head geom looks out through it. Directions need not be unit
@@ -34,7 +36,7 @@ _TINY = 1e-12
 
 
 def _dot(a, b):
-    return jnp.sum(a * b, axis=-1)
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
 def _entering(t):
@@ -42,15 +44,12 @@ def _entering(t):
     return jnp.where(t > EPS, t, jnp.inf)
 
 
-def _quadratic_roots(a, b, c):
-    """Roots ``(t0 <= t1)`` of ``a t^2 + 2 b t + c = 0`` (a >= 0); both inf when there are none."""
+def _quadratic_near_root(a, b, c):
+    """Smaller root of ``a t^2 + 2 b t + c = 0`` (a >= 0), inf when there is none."""
     det = b * b - a * c
     ok = (det >= 0) & (a > _TINY)
-    sq = jnp.sqrt(jnp.maximum(det, 0.0))
-    safe_a = jnp.where(ok, a, 1.0)
-    t0 = jnp.where(ok, (-b - sq) / safe_a, jnp.inf)
-    t1 = jnp.where(ok, (-b + sq) / safe_a, jnp.inf)
-    return t0, t1
+    t0 = (-b - jnp.sqrt(jnp.maximum(det, 0.0))) / jnp.where(ok, a, 1.0)
+    return jnp.where(ok, t0, jnp.inf)
 
 
 def _safe_recip(x):
@@ -59,70 +58,73 @@ def _safe_recip(x):
 
 def ray_plane(origin, direction, size):
     """Distance to a plane z = 0 (front face only), within ``|x| <= size[0]``, ``|y| <= size[1]``."""
-    dz = direction[..., 2]
-    front = dz < -_TINY
-    t = jnp.where(front, -origin[..., 2] * _safe_recip(dz), jnp.inf)
-    t_hit = jnp.where(jnp.isfinite(t), t, 0.0)
-    xy = origin[..., :2] + t_hit[..., None] * direction[..., :2]
-    half = jnp.where(size[..., :2] > 0, size[..., :2], jnp.inf)  # 0 = infinite
-    inside = (jnp.abs(xy[..., 0]) <= half[..., 0]) & (jnp.abs(xy[..., 1]) <= half[..., 1])
-    return jnp.where(front & inside & (t > EPS), t, jnp.inf)
+    front = direction[2] < -_TINY
+    t = jnp.where(front, -origin[2] * _safe_recip(direction[2]), jnp.inf)
+    t_hit = jnp.where(front, t, 0.0)
+    half_x = jnp.where(size[0] > 0, size[0], jnp.inf)  # 0 = infinite
+    half_y = jnp.where(size[1] > 0, size[1], jnp.inf)
+    inside = (jnp.abs(origin[0] + t_hit * direction[0]) <= half_x) & (
+        jnp.abs(origin[1] + t_hit * direction[1]) <= half_y
+    )
+    return jnp.where(front & inside, _entering(t), jnp.inf)
 
 
 def ray_sphere(origin, direction, size):
     """Distance to a sphere of radius ``size[0]`` centred at the origin."""
-    r = size[..., 0]
-    t0, _ = _quadratic_roots(_dot(direction, direction), _dot(origin, direction), _dot(origin, origin) - r * r)
-    return _entering(t0)
+    r = size[0]
+    return _entering(
+        _quadratic_near_root(_dot(direction, direction), _dot(origin, direction), _dot(origin, origin) - r * r)
+    )
 
 
 def ray_ellipsoid(origin, direction, size):
     """Distance to an ellipsoid with semi-axes ``size``."""
-    o, d = origin / size, direction / size
-    t0, _ = _quadratic_roots(_dot(d, d), _dot(o, d), _dot(o, o) - 1.0)
-    return _entering(t0)
+    o = tuple(origin[i] / size[i] for i in range(3))
+    d = tuple(direction[i] / size[i] for i in range(3))
+    return _entering(_quadratic_near_root(_dot(d, d), _dot(o, d), _dot(o, o) - 1.0))
 
 
 def _cylinder_side(origin, direction, radius, half):
     """Entering distance to the side of a z-aligned cylinder, accepting only hits with |z| <= half."""
-    o2, d2 = origin[..., :2], direction[..., :2]
-    t0, _ = _quadratic_roots(_dot(d2, d2), _dot(o2, d2), _dot(o2, o2) - radius * radius)
-    z = origin[..., 2] + jnp.where(jnp.isfinite(t0), t0, 0.0) * direction[..., 2]
+    a = direction[0] * direction[0] + direction[1] * direction[1]
+    b = origin[0] * direction[0] + origin[1] * direction[1]
+    c = origin[0] * origin[0] + origin[1] * origin[1] - radius * radius
+    t0 = _quadratic_near_root(a, b, c)
+    z = origin[2] + jnp.where(jnp.isfinite(t0), t0, 0.0) * direction[2]
     return _entering(jnp.where(jnp.abs(z) <= half, t0, jnp.inf))
 
 
 def ray_capsule(origin, direction, size):
     """Distance to a z-aligned capsule (radius ``size[0]``, half-length ``size[1]``)."""
-    r, h = size[..., 0], size[..., 1]
-    cap = jnp.stack([jnp.zeros_like(h), jnp.zeros_like(h), h], axis=-1)
-    sphere_size = size[..., :1]
+    r, h = size[0], size[1]
     t_side = _cylinder_side(origin, direction, r, h)
-    t_top = ray_sphere(origin - cap, direction, sphere_size)
-    t_bottom = ray_sphere(origin + cap, direction, sphere_size)
-    return jnp.minimum(t_side, jnp.minimum(t_top, t_bottom))
+    top = (origin[0], origin[1], origin[2] - h)
+    bottom = (origin[0], origin[1], origin[2] + h)
+    return jnp.minimum(t_side, jnp.minimum(ray_sphere(top, direction, size), ray_sphere(bottom, direction, size)))
 
 
 def ray_cylinder(origin, direction, size):
     """Distance to a z-aligned closed cylinder (radius ``size[0]``, half-length ``size[1]``)."""
-    r, h = size[..., 0], size[..., 1]
+    r, h = size[0], size[1]
     t_side = _cylinder_side(origin, direction, r, h)
-    inv_dz = _safe_recip(direction[..., 2])
-
     # Only the cap facing the ray can be entered: the top one (z = h) when the ray goes down.
-    z = jnp.where(direction[..., 2] < 0, h, -h)
-    t = (z - origin[..., 2]) * inv_dz
-    xy = origin[..., :2] + jnp.where(jnp.abs(t) < 1e30, t, 0.0)[..., None] * direction[..., :2]
-    t_cap = jnp.where(_dot(xy, xy) <= r * r, _entering(t), jnp.inf)
+    z = jnp.where(direction[2] < 0, h, -h)
+    t = (z - origin[2]) * _safe_recip(direction[2])
+    t_xy = jnp.where(jnp.abs(t) < 1e30, t, 0.0)
+    x, y = origin[0] + t_xy * direction[0], origin[1] + t_xy * direction[1]
+    t_cap = jnp.where(x * x + y * y <= r * r, _entering(t), jnp.inf)
     return jnp.minimum(t_side, t_cap)
 
 
 def ray_box(origin, direction, size):
     """Distance to an axis-aligned box with half-sizes ``size`` (slab method)."""
-    inv = _safe_recip(direction)
-    t1 = (-size - origin) * inv
-    t2 = (size - origin) * inv
-    t_near = jnp.max(jnp.minimum(t1, t2), axis=-1)
-    t_far = jnp.min(jnp.maximum(t1, t2), axis=-1)
+    t_near, t_far = -jnp.inf, jnp.inf
+    for i in range(3):
+        inv = _safe_recip(direction[i])
+        t1 = (-size[i] - origin[i]) * inv
+        t2 = (size[i] - origin[i]) * inv
+        t_near = jnp.maximum(t_near, jnp.minimum(t1, t2))
+        t_far = jnp.minimum(t_far, jnp.maximum(t1, t2))
     return jnp.where(t_near <= t_far, _entering(t_near), jnp.inf)
 
 
