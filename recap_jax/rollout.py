@@ -156,7 +156,7 @@ def run_wave(
     """
     if getattr(getattr(env, "config", None), "camera", False):
         raise ValueError("build the env with camera=False: the rollout renders only at decision points")
-    if not 1 <= ta:
+    if ta < 1:
         raise ValueError(f"ta must be >= 1, got {ta}")
     ids = jnp.asarray(ids, jnp.int32)
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
