@@ -1,0 +1,226 @@
+"""System-1 speed: chunk latency, sampling throughput and training-step MFU of the action expert.
+
+What is timed (System-2 features are given, as with Ψ0's frozen VLM):
+
+* sampling: one chunk (H = 30) = ``num_steps`` (10) Euler steps of the expert with a context of
+  ``--context`` VLM tokens plus the state token (default 60 + 1 = 61 observation tokens); latency at
+  batch 1 and throughput at ``--throughput-batch`` (1024 on GPU);
+* training: one AdamW step (flow-matching loss, backward, update) at ``--train-batch`` (128) in
+  ``--train-dtype`` (bf16 compute, float32 parameters); MFU = analytic model FLOPs (3× the forward
+  matmul and attention FLOPs) / step time / ``--peak-tflops`` (H100 SXM bf16 dense: 798).
+
+Anchors: π0's 10 flow steps take 27 ms on an RTX 4090. Goals: ≤ 15 ms per chunk at batch 1 for psi0;
+≥ 40% MFU for the psi0 training step.
+
+    python -m benchmarks.policy_speed                      # CPU: tiny/small rows, psi0 rows "pending"
+    python -m benchmarks.policy_speed --presets psi0,small --train-presets psi0   # on a GPU
+
+Results go to ``benchmarks/RESULTS.md`` (section ``policy_speed``) unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from recap_jax import _platform  # noqa: F401  (XLA flags before JAX is imported)
+
+# isort: split
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from benchmarks._results import machine_description, markdown_table, write_section
+from recap_jax import flow
+from recap_jax.models import action_expert as ae
+
+SECTION = "policy_speed"
+H100_BF16_TFLOPS = 798.0
+PI0_4090_MS = 27.0
+
+
+def expert_forward_flops(cfg: ae.ActionExpertConfig, batch: int, num_context: int) -> float:
+    """Matmul + attention FLOPs of one expert forward pass (2 per multiply-add).
+
+    Observation tokens M = num_context + 1 (state); T = H + M joint tokens.
+    """
+    d, f, a, h, c = cfg.width, cfg.mlp_dim, cfg.action_dim, cfg.chunk, cfg.context_dim
+    m = num_context + 1
+    t = h + m
+    fl = h * (256 * d + d * d)  # per-token time MLP
+    fl += h * (a * a + a * d) + a * d + num_context * c * d  # action, state and context projections
+    for i in range(cfg.depth):
+        if i < cfg.depth - 1:
+            fl += h * d * 6 * d + d * 6 * d  # adaLN (per action token; once for observations)
+            fl += t * 4 * d * d  # q, k, v and out projections for both streams
+            fl += t * 2 * d * f  # both MLPs
+            fl += 2 * t * t * d  # q·k and p·v
+        else:
+            fl += h * d * 6 * d + d * 2 * d
+            fl += h * 2 * d * d + t * 2 * d * d  # action q and out; k, v for all tokens
+            fl += h * 2 * d * f
+            fl += 2 * h * t * d
+    fl += h * (d * 2 * d + d * a)  # output head
+    return 2.0 * batch * fl
+
+
+def _time(fn, *args, reps: int) -> tuple[float, float]:
+    """(compile+first-run seconds, median seconds of ``reps`` later runs)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def _inputs(cfg: ae.ActionExpertConfig, batch: int, num_context: int, key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    ctx = jax.random.normal(k1, (batch, num_context, cfg.context_dim), jnp.float32)
+    mask = jnp.ones((batch, num_context), bool)
+    state = jax.random.normal(k2, (batch, cfg.action_dim), jnp.float32)
+    return ctx, mask, state, k3
+
+
+def bench_sampling(preset: str, batch: int, num_context: int, dtype: str, num_steps: int, reps: int) -> dict:
+    cfg = ae.get_config(preset, dtype=dtype)
+    graphdef, state = nnx.split(ae.build(cfg, 0))
+    ctx, mask, s, key = _inputs(cfg, batch, num_context, jax.random.key(1))
+
+    @jax.jit
+    def sample(state, ctx, mask, s, key):
+        model = nnx.merge(graphdef, state)
+        noise = jax.random.normal(key, (batch, cfg.chunk, cfg.action_dim), jnp.float32)
+        return flow.euler_sample(lambda x, sigma: model(x, sigma, ctx, mask, s), noise, num_steps)
+
+    first, sec = _time(sample, state, ctx, mask, s, key, reps=reps)
+    return {"compile_s": first, "sec": sec, "flops": num_steps * expert_forward_flops(cfg, batch, num_context)}
+
+
+def bench_train(preset: str, batch: int, num_context: int, dtype: str, reps: int) -> dict:
+    cfg = ae.get_config(preset, dtype=dtype)
+    graphdef, state = nnx.split(ae.build(cfg, 0))
+    tx = optax.adamw(1e-4, b1=0.95, b2=0.999, weight_decay=1e-6)
+    opt = tx.init(state)
+    ctx, mask, s, key = _inputs(cfg, batch, num_context, jax.random.key(2))
+    actions = jax.random.uniform(key, (batch, cfg.chunk, cfg.action_dim), jnp.float32, -1, 1)
+
+    def loss_fn(state, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        sigma = flow.sample_sigma(k1, (batch,))
+        noise = jax.random.normal(k2, actions.shape, jnp.float32)
+        pred = nnx.merge(graphdef, state)(flow.interpolate(actions, noise, sigma), sigma, ctx, mask, s, dropout_key=k3)
+        return flow.flow_matching_loss(pred, actions, noise)
+
+    def train_step(state, opt, key):
+        loss, grads = jax.value_and_grad(loss_fn)(state, key)
+        updates, opt = tx.update(grads, opt, state)
+        return optax.apply_updates(state, updates), opt, loss
+
+    step = jax.jit(train_step, donate_argnums=(0, 1))
+    t0 = time.perf_counter()
+    state, opt, loss = jax.block_until_ready(step(state, opt, key))
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        state, opt, loss = jax.block_until_ready(step(state, opt, jax.random.fold_in(key, i)))
+        times.append(time.perf_counter() - t0)
+    if not bool(jnp.isfinite(loss)):
+        raise FloatingPointError(f"non-finite loss in the {preset} training benchmark")
+    return {
+        "compile_s": first,
+        "sec": statistics.median(times),
+        "flops": 3 * expert_forward_flops(cfg, batch, num_context),
+    }
+
+
+def main(argv: list[str] | None = None) -> str:
+    on_gpu = jax.default_backend() == "gpu"
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--presets", default="psi0,small" if on_gpu else "tiny,small", help="sampling presets")
+    p.add_argument("--train-presets", default="psi0" if on_gpu else "tiny", help="training-step presets")
+    p.add_argument("--throughput-batch", type=int, default=1024 if on_gpu else 8)
+    p.add_argument("--train-batch", type=int, default=128 if on_gpu else 16)
+    p.add_argument("--context", type=int, default=60, help="VLM context tokens (the state token is added)")
+    p.add_argument("--sample-dtype", default="bfloat16" if on_gpu else "float32")
+    p.add_argument("--train-dtype", default="bfloat16" if on_gpu else "float32")
+    p.add_argument("--num-steps", type=int, default=10)
+    p.add_argument("--reps", type=int, default=20 if on_gpu else 3)
+    p.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS if on_gpu else 0.0)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    presets = [x for x in args.presets.split(",") if x]
+    train_presets = [x for x in args.train_presets.split(",") if x]
+
+    rows = []
+    for preset in presets:
+        for batch in (1, args.throughput_batch):
+            r = bench_sampling(preset, batch, args.context, args.sample_dtype, args.num_steps, args.reps)
+            rows.append(
+                [
+                    preset,
+                    f"{ae.num_params(preset):,}",
+                    batch,
+                    args.sample_dtype,
+                    f"{1e3 * r['sec']:.2f}",
+                    f"{batch / r['sec']:.1f}",
+                    f"{r['flops'] / r['sec'] / 1e12:.3f}",
+                    f"{r['compile_s']:.1f}",
+                ]
+            )
+            print(rows[-1], flush=True)
+    train_rows = []
+    for preset in train_presets:
+        r = bench_train(preset, args.train_batch, args.context, args.train_dtype, args.reps)
+        tflops = r["flops"] / r["sec"] / 1e12
+        mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if args.peak_tflops > 0 else "n/a (no peak given)"
+        train_rows.append(
+            [
+                preset,
+                args.train_batch,
+                args.train_dtype,
+                f"{1e3 * r['sec']:.1f}",
+                f"{tflops:.3f}",
+                mfu,
+                f"{r['compile_s']:.1f}",
+            ]
+        )
+        print(train_rows[-1], flush=True)
+    if not on_gpu:
+        pending = "pending (no GPU in this session)"
+        for preset, batch in (("psi0", 1), ("psi0", 1024), ("small", 1), ("small", 1024)):
+            rows.append([f"{preset} (GPU)", f"{ae.num_params(preset):,}", batch, "bfloat16", pending, "", "", ""])
+        train_rows.append(["psi0 (GPU)", 128, "bfloat16", pending, "", "", ""])
+
+    body = "\n\n".join(
+        [
+            f"Machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f} "
+            "(other jobs share this machine: treat CPU numbers as rough).",
+            f"Action expert only (System-2 features given): context {args.context} VLM tokens + 1 state token, "
+            f"H = 30, {args.num_steps} Euler steps per chunk; medians of {args.reps} runs after compilation.",
+            "### Sampling (one chunk)",
+            markdown_table(
+                ["preset", "params", "batch", "dtype", "ms / chunk", "chunks / s", "TFLOP/s", "compile s"], rows
+            ),
+            "### Training step (AdamW, flow-matching loss)",
+            markdown_table(["preset", "batch", "dtype", "ms / step", "TFLOP/s", "MFU", "compile s"], train_rows),
+            f"Anchors: π0, 10 flow steps, {PI0_4090_MS:.0f} ms on an RTX 4090; H100 bf16 peak "
+            f"{H100_BF16_TFLOPS:.0f} TFLOP/s. Goals: psi0 ≤ 15 ms per chunk at batch 1; ≥ 40% MFU training.",
+            "Rerun on a GPU: `python -m benchmarks.policy_speed` (defaults switch to psi0/small, batch 1024, "
+            "bf16, train batch 128).",
+        ]
+    )
+    if not args.no_write:
+        write_section(SECTION, body)
+    return body
+
+
+if __name__ == "__main__":
+    print(main())
