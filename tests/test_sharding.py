@@ -82,7 +82,7 @@ def test_sharded_step_matches_single_device(setup):
     state, shardings = init_sharded(init, mesh, key, min_size_bytes=MIN_BYTES)
     sharded_step = jit_train_step(step, shardings, mesh)
     # The single-device reference starts from the same values (copied before the sharded step donates them).
-    single = jax.device_put(state, jax.devices()[0])
+    single = jax.device_put(jax.device_get(state), jax.devices()[0])
     single_step = jax.jit(step)
 
     # The rule is applied: big matrices (and their Adam moments) are split over fsdp, the rest replicated.
