@@ -206,3 +206,27 @@ def test_distributed_initialize_single_process_and_errors(monkeypatch):
     assert initialize() == (0, 1)
     with pytest.raises(ValueError, match="without num_processes/process_id"):
         initialize("127.0.0.1:1234")
+
+
+def test_grad_accumulation_matches_full_batch_sharded():
+    from recap_jax.train import init_sharded, put_batch
+
+    tx = make_optimizer(OptimizerConfig.value(lr=1e-2, warmup_steps=0, eps=1.0))
+
+    def init(key):
+        return TrainState.create(init_tiny(key, 201), tx, jax.random.PRNGKey(1))
+
+    mesh = make_mesh(fsdp=2)
+    state, shardings = init_sharded(init, mesh, jax.random.PRNGKey(0), min_size_bytes=1024)
+    single = jax.device_put(jax.device_get(state), jax.devices()[0])
+    batch = _batch(32, ret=True)
+    accum = jit_train_step(make_train_step(tiny_value_loss, tx, grad_accum_steps=4), shardings, mesh)
+    full = jax.jit(make_train_step(tiny_value_loss, tx))
+    state, m = accum(state, put_batch(batch, mesh))
+    single, ms = full(single, batch)
+    assert float(m["loss"]) == pytest.approx(float(ms["loss"]), rel=1e-5)
+    assert float(m["ce"]) == pytest.approx(float(ms["ce"]), rel=1e-5)
+    assert float(m["grad_norm"]) == pytest.approx(float(ms["grad_norm"]), rel=1e-4)
+    chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(single.params), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
+        jax.jit(make_train_step(tiny_value_loss, tx, grad_accum_steps=3))(single, _batch(8, ret=True))
