@@ -8,6 +8,7 @@ library's train loop (``recap_jax.train``) and rollouts (``recap_jax.rollout``) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping
@@ -26,15 +27,30 @@ INSTRUCTION = "bend to pick up the cracker box"  # SIMPLE's prompt, "bend to pic
 
 
 def make_env(cfg: StudyConfig):
+    """The study's env; one object per env setting per process, so jitted rollout waves (the env is a static
+    argument) are compiled once and reused by every stage and condition."""
+    return _make_env(cfg.env)
+
+
+@functools.lru_cache(maxsize=4)
+def _make_env(settings):
     import envs
 
-    return envs.make(
+    cfg = settings
+    env = envs.make(
         ENV_NAME,
-        episode_length=cfg.env.episode_length,
-        image_size=tuple(cfg.env.image_size),
-        randomization_level=cfg.env.randomization_level,
+        episode_length=cfg.episode_length,
+        image_size=tuple(cfg.image_size),
+        randomization_level=cfg.randomization_level,
         camera=False,  # the rollout renders at decision points only
     )
+    # System-0's warn-once host callback (jax.debug.callback) keeps every program that steps the env out
+    # of JAX's persistent compilation cache ("uses host callbacks"), so each stage would recompile the
+    # env for minutes. The env still flags such commands in metrics["unsupported_command"].
+    s0 = getattr(env, "system0_params", None)
+    if s0 is not None and getattr(s0, "warn_unsupported", False):
+        env.system0_params = s0.replace(warn_unsupported=False)
+    return env
 
 
 def policy_config(cfg: StudyConfig, indicator_dropout: float = 0.0):

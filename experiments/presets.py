@@ -182,34 +182,34 @@ def override(cfg: StudyConfig, **changes: Any) -> StudyConfig:
 
 
 # ---- smoke: every stage for real on a 2-core CPU in <= ~10 minutes --------------------------------
-# Budget (2 CPU cores, measured by `recap_bendpick --preset smoke`; see results/smoke/):
-#   envs: 8 batched envs, episode limit 150 control steps (3 s), 5 replans of Ta = 24 ... 30 actions.
-#   simulated control steps: demos 8×150 + collect 16×150 + eval 5 conditions × 16×150 = 15.6k
-#   (×10 physics substeps each); at ~1-2 ms per batched control step per env on CPU that is < 2 min.
-#   training: SFT 300 + RECAP 150 + BC-all 150 steps at batch 16 on the "tiny" expert + encoder (0.24 M + encoder);
-#   value 5 epochs over ~16 episodes (seconds).
-#   compiles (dominant on CPU, shared through the persistent cache): expert rollout, policy rollout
-#   (one program: params, prompts and β are traced, so all 5 conditions reuse it), policy train step,
-#   value train + inference step: ~5 programs at 20-60 s each, cached after the first run.
+# Budget arithmetic (2 CPU cores):
+#   envs: 8 batched envs, episode limit 216 control steps (9 queries of Ta = 24; the scripted expert
+#   lifts the box at ~150-190 steps). Waves of 8 envs x 216 steps: demos 1 + collect 2 + evaluate 5
+#   conditions x 1 = 8 waves = 13.8k env-steps (x10 physics substeps).
+#   training: SFT 120 + RECAP 60 + BC-all 60 steps at batch 16 (tiny expert + tiny encoder, 0.38 M params);
+#   value: 5 epochs over ~16 episodes x 9 decision points.
+#   compiled programs (persistent-cached, so a second run only loads them): the expert wave, the policy
+#   wave (one program: params, prompts and β are traced, so collection and all 5 conditions share it),
+#   the policy train step (SFT, RECAP and BC-all share its shapes), the value epoch/eval/predict.
 SMOKE = StudyConfig(
     name="smoke",
-    description="2-core CPU, <= 10 min: tiny models, few episodes, every stage for real",
+    description="2-core CPU, <= 10 min with a warm compilation cache: tiny models, few episodes, every stage for real",
     seed=0,
-    env=EnvSettings(episode_length=150, image_size=(48, 80), randomization_level=0, replan_every=24),
+    env=EnvSettings(episode_length=216, image_size=(48, 80), randomization_level=0, replan_every=24),
     policy=(("action_expert", "tiny"), ("encoder", "tiny")),
     value=(("backbone", "cnn"), ("cnn_channels", (8, 16))),
     demos=DemoSettings(num_demos=8, num_envs=8, expert_noise=0.0),
-    sft=SFTSettings(steps=300, init_step=150, batch_size=16, learning_rate=3e-4, warmup_steps=20, log_every=50),
+    sft=SFTSettings(steps=120, init_step=60, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=20),
     collect=CollectSettings(episodes=16, num_envs=8),
     value_training=ValueSettings(epochs=5, batch_size=64),
     labels=LabelSettings(positive_fraction=0.3),
-    finetune=FinetuneSettings(steps=150, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=50),
-    evaluate=EvalSettings(episodes=16, num_envs=8, gif_episodes=1),
+    finetune=FinetuneSettings(steps=60, batch_size=16, learning_rate=3e-4, warmup_steps=5, log_every=20),
+    evaluate=EvalSettings(episodes=8, num_envs=8, gif_episodes=2),
     budget=(
-        "8 envs x 150 control steps; simulated steps: demos 1.2k + collect 2.4k + eval 12k = 15.6k; "
-        "train steps: SFT 300 + RECAP 150 + BC 150 at batch 16; value 5 epochs; "
-        "~5 compiled programs (expert rollout, policy rollout shared by all conditions, policy train step, "
-        "value train/apply), persistent-cached"
+        "8 envs x 216 control steps: 8 waves (demos 1, collect 2, evaluate 5) = 13.8k env-steps; "
+        "train steps: SFT 120 + RECAP 60 + BC-all 60 at batch 16; value 5 epochs; "
+        "~5 compiled programs (expert wave, policy wave shared by collection and all conditions, policy train "
+        "step, value train/eval), persistent-cached"
     ),
 )
 

@@ -23,7 +23,8 @@ MAX_DEMO_WAVES = 4  # waves of num_envs tried (as multiples of the requested cou
 
 def _expert(cfg: StudyConfig):
     expert = common.require("envs.g1.expert", "env (scripted expert)")
-    params = expert.expert_params(noise=cfg.demos.expert_noise)
+    level = cfg.demos.expert_noise
+    params = expert.noisy_config(level, seed=cfg.seed) if level > 0 else expert.default_config()
     return expert.expert_act, params
 
 
