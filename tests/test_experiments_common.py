@@ -1,0 +1,68 @@
+"""Run-directory mechanics: config round trip, stage markers (skip / rerun / mismatch), CLI configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments import common, presets, recap_bendpick
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_config_round_trip(name):
+    cfg = presets.override(presets.get_preset(name), **{"seed": 7, "labels.n_step": 5})
+    assert common.config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_load_or_init_config_pins_the_run(tmp_path):
+    cfg = common.load_or_init_config(tmp_path, "smoke", seed=3)
+    assert (cfg.name, cfg.seed) == ("smoke", 3)
+    assert common.load_or_init_config(tmp_path, None) == cfg
+    with pytest.raises(common.StageError, match="smoke"):
+        common.load_or_init_config(tmp_path, "gpu")
+    with pytest.raises(common.StageError, match="seed"):
+        common.load_or_init_config(tmp_path, None, seed=4)
+
+
+def test_stage_skip_rerun_and_mismatch(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(1)
+        (tmp_path / "st").mkdir(exist_ok=True)
+        (tmp_path / "st" / "out.txt").write_text("x")
+        return {"value": 1.5}
+
+    files = lambda _: ["st/out.txt"]
+    m = common.run_stage(tmp_path, "st", {"a": 1}, work, files_fn=files)
+    assert m["outputs"] == {"value": 1.5} and len(calls) == 1
+    common.run_stage(tmp_path, "st", {"a": 1}, work, files_fn=files)
+    assert len(calls) == 1  # skipped: marker, config and outputs all valid
+    (tmp_path / "st" / "out.txt").unlink()
+    common.run_stage(tmp_path, "st", {"a": 1}, work, files_fn=files)
+    assert len(calls) == 2  # a listed output went missing: rerun
+    with pytest.raises(common.StageError, match="different config"):
+        common.run_stage(tmp_path, "st", {"a": 2}, work, files_fn=files)
+
+
+def test_failed_stage_leaves_no_marker(tmp_path):
+    def boom():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        common.run_stage(tmp_path, "st", {}, boom)
+    assert common.stage_done(tmp_path, "st", {}) is None
+
+
+def test_cli_configure(tmp_path):
+    out = tmp_path / "r"
+    cfg = recap_bendpick.configure(
+        recap_bendpick.Args(out=out, preset="smoke", seed=2, indicator_dropout=0.3, cfg_beta=1.5)
+    )
+    assert cfg.seed == 2 and cfg.finetune.indicator_dropout == 0.3 and cfg.evaluate.cfg_beta == 1.5
+    # Re-invoking resumes the recorded study; extending the loop is allowed, other changes are not.
+    assert recap_bendpick.configure(recap_bendpick.Args(out=out)) == cfg
+    assert recap_bendpick.configure(recap_bendpick.Args(out=out, iterations=2)).iterations == 2
+    with pytest.raises(common.StageError):
+        recap_bendpick.configure(recap_bendpick.Args(out=out, n_step=3))
+    with pytest.raises(ValueError, match="Did you mean 'smoke'"):
+        recap_bendpick.configure(recap_bendpick.Args(out=tmp_path / "x", preset="smok"))
