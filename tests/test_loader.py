@@ -68,7 +68,7 @@ def test_exact_resume_with_prefetch(store):
         for _ in range(4):
             next(a)
         pos = a.state_dict()
-    assert pos == {"epoch": 1, "step": 1, "seed": 1}
+    assert pos == {"epoch": 1, "step": 1, "seed": 1, "num_windows": 15}
     with WindowLoader(store, cfg, prefetch=2) as b:
         b.load_state_dict(pos)
         for want in ref_batches[4:]:
@@ -77,6 +77,9 @@ def test_exact_resume_with_prefetch(store):
                 np.testing.assert_array_equal(got[k], want[k])
     with pytest.raises(ValueError, match="seed 1"):
         WindowLoader(store, LoaderConfig(batch_size=4, seed=2)).load_state_dict(pos)
+    store.append(make_episode(7))
+    with pytest.raises(ValueError, match="saved over 15 windows but this loader has 22"):
+        WindowLoader(store, cfg).load_state_dict(pos)
 
 
 def test_prefetch_to_mesh(store):
@@ -125,5 +128,7 @@ def test_norm_stats(store):
     np.testing.assert_array_equal(stats["state_min"], np.min([e.states.min(0) for e in eps], 0))
     np.testing.assert_array_equal(stats["action_max"], np.max([e.actions.max(0) for e in eps], 0))
     assert stats["state_max"].shape == (32,) and stats["action_min"].shape == (36,)
+    demo = norm_stats(store, kinds=("demo",))
+    np.testing.assert_array_equal(demo["action_min"], eps[2].actions.min(0))
     with pytest.raises(ValueError, match="at least one"):
         norm_stats([])

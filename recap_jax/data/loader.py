@@ -61,13 +61,15 @@ class LoaderConfig:
     kinds: tuple[str, ...] | None = None
 
 
-def norm_stats(episodes: EpisodeStore | Sequence[Episode]) -> dict[str, np.ndarray]:
-    """Min–max statistics over every control step of the episodes.
+def norm_stats(episodes: EpisodeStore | Sequence[Episode], kinds: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Min–max statistics over every control step of the episodes (of ``tags["kind"]`` in ``kinds``).
 
     Returns: ``state_min``/``state_max`` f32[32], ``action_min``/``action_max`` f32[36].
-    Raises ``ValueError`` for an empty store.
+    Raises ``ValueError`` when no episode qualifies.
     """
     it = episodes.iter_episodes() if isinstance(episodes, EpisodeStore) else iter(episodes)
+    if kinds is not None:
+        it = (e for e in it if e.tags.get("kind") in tuple(kinds))
     s_lo = np.full(STATE_DIM, np.inf, np.float32)
     s_hi = np.full(STATE_DIM, -np.inf, np.float32)
     a_lo = np.full(ACTION_DIM, np.inf, np.float32)
@@ -251,14 +253,29 @@ class WindowLoader:
     # ---------------------------------------------------------------- iteration and position
 
     def state_dict(self) -> dict[str, int]:
-        """The position of the next batch to be handed out: ``{"epoch", "step", "seed"}``."""
-        return {"epoch": int(self.epoch), "step": int(self.step), "seed": int(self.config.seed)}
+        """The position of the next batch to be handed out: ``{"epoch", "step", "seed", "num_windows"}``."""
+        return {
+            "epoch": int(self.epoch),
+            "step": int(self.step),
+            "seed": int(self.config.seed),
+            "num_windows": self.num_windows,
+        }
 
     def load_state_dict(self, position: dict[str, int]) -> None:
-        """Moves to a saved position (stops any prefetching first)."""
+        """Moves to a saved position (stops any prefetching first).
+
+        Raises ``ValueError`` when the position was saved with another seed or over a different set of
+        windows (e.g. the store grew since): the batch order would then not continue exactly.
+        """
         if int(position.get("seed", self.config.seed)) != self.config.seed:
             raise ValueError(
                 f"loader position was saved with seed {position['seed']}, this loader has {self.config.seed}"
+            )
+        saved = int(position.get("num_windows", self.num_windows))
+        if saved != self.num_windows:
+            raise ValueError(
+                f"loader position was saved over {saved} windows but this loader has {self.num_windows} "
+                "(the store or the episode filter changed); an exact resume is impossible"
             )
         if not 0 <= int(position["step"]) < self.steps_per_epoch:
             raise ValueError(f"saved loader step {position['step']} outside [0, {self.steps_per_epoch})")
