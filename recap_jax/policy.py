@@ -370,6 +370,25 @@ def sample_actions(
     return actions if prefix is None else jnp.where(in_prefix, prefix_abs, actions)
 
 
+def drop_indicator(
+    key: jax.Array, rate: float, ids: jax.Array, mask: jax.Array, uncond_ids: jax.Array, uncond_mask: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Advantage-indicator dropout: per example, the bare prompt replaces the labelled one with prob. ``rate``.
+
+    Args: key; rate in [0, 1]; ids / uncond_ids int32 [B, L]; mask / uncond_mask bool [B, L].
+    Returns: (ids int32 [B, L], mask bool [B, L], dropped bool [B]).
+    """
+    if uncond_ids.shape != ids.shape or uncond_mask.shape != ids.shape or mask.shape != ids.shape:
+        raise ValueError(
+            f"prompt ids/mask {ids.shape}/{mask.shape} and uncond ids/mask {uncond_ids.shape}/{uncond_mask.shape} "
+            "must all have the same shape [B, L]"
+        )
+    dropped = jax.random.bernoulli(key, rate, (ids.shape[0],))
+    ids = jnp.where(dropped[:, None], uncond_ids, ids)
+    mask = jnp.where(dropped[:, None], uncond_mask.astype(bool), mask.astype(bool))
+    return ids, mask, dropped
+
+
 BATCH_KEYS = ("image", "state", "prompt_ids", "prompt_mask", "actions", "action_mask")
 
 
@@ -411,12 +430,9 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
                 f"indicator_dropout={cfg.indicator_dropout} needs 'uncond_prompt_ids' and 'uncond_prompt_mask' "
                 "(the bare instruction) in the batch"
             )
-        u_ids, u_mask = batch["uncond_prompt_ids"], batch["uncond_prompt_mask"].astype(bool)
-        if u_ids.shape != ids.shape or u_mask.shape != ids.shape:
-            raise ValueError(f"uncond prompt {u_ids.shape}/{u_mask.shape} must match prompt_ids {ids.shape}")
-        dropped = jax.random.bernoulli(k_ind, cfg.indicator_dropout, (b,))
-        ids = jnp.where(dropped[:, None], u_ids, ids)
-        mask = jnp.where(dropped[:, None], u_mask, mask)
+        ids, mask, dropped = drop_indicator(
+            k_ind, cfg.indicator_dropout, ids, mask, batch["uncond_prompt_ids"], batch["uncond_prompt_mask"]
+        )
 
     model = _model(params)
     ctx, cmask = model.encoder(batch["image"], ids, mask)
