@@ -72,7 +72,8 @@ def _raise_nonfinite(step: int, metrics: dict | None) -> None:
     if metrics is not None:
         detail = f" (loss={metrics.get('loss')}, grad_norm={metrics.get('grad_norm')})"
     raise NonFiniteError(
-        f"non-finite loss or gradient norm at step {step}{detail}; that update was skipped and training stopped"
+        f"non-finite loss or gradient norm at step {step}{detail} (the update applied to a state at that step, "
+        "0-based); that update was skipped and training stopped"
     )
 
 
