@@ -13,7 +13,7 @@ from recap_jax import policy as P
 
 B = 2
 _sample = jax.jit(P.sample_actions)
-_loss = jax.jit(P.policy_loss)
+_loss = jax.jit(chex.assert_max_traces(P.policy_loss, n=1))  # every call below shares one trace
 IMG = (32, 32)
 HIGH = "advantage: high. bend to pick up the cracker box"
 LOW = "advantage: low. bend to pick up the cracker box"
@@ -215,6 +215,24 @@ def test_gradients_reach_every_parameter_but_discarded_projection_and_not_stats(
     assert zero == [f"{last}/bias", f"{last}/kernel"], zero
     mask = P.trainable_mask(p)
     assert all(jax.tree.leaves(mask.model)) and not any(jax.tree.leaves(mask.norm))
+
+
+def test_psi0_policy_shapes_without_allocation():
+    cfg = P.PolicyConfig(action_expert="psi0", encoder="base", dtype="bfloat16", indicator_dropout=0.3)
+    abstract = P.abstract_policy(cfg)
+    n_expert = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.model["expert"]))
+    assert n_expert == 490_039_128
+    obs = {
+        "state": jax.ShapeDtypeStruct((1, 32), jnp.float32),
+        "image": jax.ShapeDtypeStruct((1, *cfg.image_size, 3), jnp.uint8),
+    }
+    ids = jax.ShapeDtypeStruct((1, cfg.prompt_max_len), jnp.int32)
+    out = jax.eval_shape(
+        lambda p, o, i, k: P.sample_actions(p, o, i, k, beta=1.5, uncond_ids=i), abstract, obs, ids, jax.random.key(0)
+    )
+    assert (out.shape, out.dtype) == ((1, 30, 36), jnp.float32)
+    feats = jax.eval_shape(P.encode_observation, abstract, obs["image"], ids, None)
+    assert feats[0].shape == (1, 60 + cfg.prompt_max_len, 2048)
 
 
 @pytest.mark.slow
