@@ -24,6 +24,7 @@ def main() -> None:
 
     from recap_jax.data import LoaderConfig, WindowLoader
     from recap_jax.train import (
+        Checkpointer,
         OptimizerConfig,
         TrainState,
         init_or_restore,
@@ -55,6 +56,14 @@ def main() -> None:
         "param_sq": float(sq(state.params.state)),
         "sharded": "fsdp" in state.params.state["l2"]["kernel"][...].sharding.spec,
     }
+    # Both processes save their shards of one checkpoint together and restore it (orbax, multi-host).
+    ckpt = Checkpointer(os.path.join(os.path.dirname(out), "ckpt"), async_save=True)
+    ckpt.save(state, loader_state=loader.state_dict(), assets={"note": "two-process"})
+    ckpt.wait()
+    restored, position = ckpt.restore(state)
+    ckpt.close()
+    result["restored_param_sq"] = float(sq(restored.params.state))
+    result["restored_position"] = position
     with open(out, "w") as f:
         json.dump(result, f)
     distributed.shutdown()

@@ -49,8 +49,10 @@ def test_two_process_step_agrees(tmp_path):
         assert p.returncode == 0, log[-4000:]
     r0, r1 = (json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2))
     assert (r0["process"], r1["process"]) == (0, 1) and r0["sharded"] and r1["sharded"]
-    for k in ("loss", "grad_norm", "param_sq"):
+    for k in ("loss", "grad_norm", "param_sq", "restored_param_sq", "restored_position"):
         assert r0[k] == r1[k], k
+    assert r0["restored_param_sq"] == r0["param_sq"]
+    assert r0["restored_position"] == {"epoch": 0, "step": 1, "seed": 2, "num_windows": 20}
 
     # The same global batch and init on one process give the same step.
     tx = make_optimizer(OptimizerConfig.psi0(total_steps=10, warmup_steps=0, lr=1e-2))
