@@ -306,3 +306,34 @@ def test_g1_right_hand_in_frame_when_reaching_down(g1_env):
         scene,
     )
     assert np.linalg.norm(_centroid(mask) - np.asarray(palm)) < 15.0
+
+
+def test_packed_min_with_index():
+    t = jnp.array([[3.0, 1.5, jnp.inf, 1.5000001], [jnp.inf, jnp.inf, jnp.inf, jnp.inf], [0.2, 9.0, 4.0, 0.1]])
+    value, index = camera._min_with_index(t)
+    np.testing.assert_array_equal(index, [1, 0, 3])
+    np.testing.assert_allclose(np.asarray(value)[[0, 2]], [1.5, 0.1], rtol=1e-5)
+    assert np.isinf(value[1])
+
+
+def test_env_render_uses_episode_scene(g1_env):
+    """``G1BendPick._render_obs`` draws the episode's colours: recolouring the box recolours its pixels."""
+    from mujoco import mjx
+
+    m = g1_env.mj_model
+    data = mujoco.MjData(m)
+    data.qpos[:] = g1_env.init_qpos
+    mujoco.mj_forward(m, data)
+    dx = mjx.put_data(m, data, impl="jax")
+    key = jax.random.key(0)
+    scene = g1_env._sample_scene(key)
+    green = {**scene, "box_rgba": jnp.array([0.0, 1.0, 0.0, 1.0])}
+    render = jax.jit(g1_env._render_obs)
+    img, img_green = np.asarray(render(dx, key, scene)), np.asarray(render(dx, key, green))
+    assert img.shape == (96, 160, 3) and img.dtype == np.uint8
+    seg = np.asarray(camera.render_data(g1_env.camera_scene, data)["segmentation"])
+    box = seg == g1_env.box_geom_id
+    assert box.sum() > 20
+    np.testing.assert_array_equal(img[~box], img_green[~box])  # nothing else changed
+    assert img_green[box][:, 1].mean() > 2 * img_green[box][:, 0].mean() + 10  # the box is green now
+    assert np.asarray(render(dx, key, None)).shape == img.shape

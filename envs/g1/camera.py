@@ -227,7 +227,7 @@ def _min_with_index(t: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _nearest(scene: Scene, xpos, xmat, origins, dirs, with_id: bool = True):
-    """Nearest visible hit along rays. origins float32 [3] or [P, 3], dirs [P, 3] -> (t [P], geom id [P]).
+    """Nearest visible hit along rays. origins, dirs float32 [3] (shared) or [P, 3] -> (t [P], geom id [P]).
 
     ``t`` is inf and the id -1 where nothing is hit; with ``with_id=False`` the id is None (any-hit
     queries such as shadow rays).
@@ -239,7 +239,10 @@ def _nearest(scene: Scene, xpos, xmat, origins, dirs, with_id: bool = True):
             o = _to_local(tuple(origins[i] - pos[None, :, i] for i in range(3)), rot[None])
         else:  # components [P, n]
             o = _to_local(tuple(origins[:, None, i] - pos[None, :, i] for i in range(3)), rot[None])
-        d = _to_local(tuple(dirs[:, None, i] for i in range(3)), rot[None])  # components [P, n]
+        if dirs.ndim == 1:  # shared direction (shadow rays of a directional light) -> [1, n]
+            d = _to_local(tuple(jnp.broadcast_to(dirs[i], (1, 1)) for i in range(3)), rot[None])
+        else:  # components [P, n]
+            d = _to_local(tuple(dirs[:, None, i] for i in range(3)), rot[None])
         t = prim.RAY_FUNCTIONS[gtype](o, d, tuple(size[None, :, i] for i in range(3)))  # [P, n]
         if with_id:
             t, k = _min_with_index(t)
@@ -247,7 +250,7 @@ def _nearest(scene: Scene, xpos, xmat, origins, dirs, with_id: bool = True):
         else:
             t = jnp.min(t, axis=-1)
         best_t.append(t)
-    n = dirs.shape[0]
+    n = max(origins.shape[0] if origins.ndim == 2 else 1, dirs.shape[0] if dirs.ndim == 2 else 1)
     if not best_t:
         return jnp.full((n,), jnp.inf), (jnp.full((n,), -1, jnp.int32) if with_id else None)
     t = jnp.stack(best_t, -1)
@@ -281,8 +284,8 @@ def _shade_band(scene: Scene, xpos, xmat, cam_pos, dirs, geom_rgb, light_dir, li
 
     lambert = jnp.maximum(-normal @ light_dir.T, 0.0)  # [P, L]
     if scene.shadows:
-        to_light = jnp.broadcast_to(-light_dir[0], dirs.shape)
-        t_shadow, _ = _nearest(scene, xpos, xmat, point + 1e-3 * normal, to_light, with_id=False)
+        # One shared direction for all shadow rays: rotated into each geom frame once, not per pixel.
+        t_shadow, _ = _nearest(scene, xpos, xmat, point + 1e-3 * normal, -light_dir[0], with_id=False)
         lit = jnp.where(jnp.isfinite(t_shadow), SHADOW_FACTOR, 1.0)
         lambert = lambert.at[:, 0].multiply(lit)
     facing = -jnp.sum(normal * dirs, -1, keepdims=True)  # >= 0 after the flip above
