@@ -230,3 +230,14 @@ def test_grad_accumulation_matches_full_batch_sharded():
     chex.assert_trees_all_close(jax.device_get(state.params), jax.device_get(single.params), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
         jax.jit(make_train_step(tiny_value_loss, tx, grad_accum_steps=3))(single, _batch(8, ret=True))
+
+
+def test_metric_writer_only_on_main_process(tmp_path):
+    with MetricWriter(tmp_path / "off", enabled=False) as w:
+        w.write(1, {"loss": 1.0})
+    assert not (tmp_path / "off").exists()
+    with MetricWriter(tmp_path / "on", tensorboard=False) as w:
+        w.write(1, {"loss": 1.0})
+        w.write(2, {"loss": float("nan")})
+    rows = read_jsonl(tmp_path / "on" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss"] == 1.0 and np.isnan(rows[1]["loss"])
