@@ -63,8 +63,8 @@ class ExpertConfig:
     grasp_up: float = 0.055  # wrist origin above the box top
     grasp_side: float = 0.0  # wrist offset along the box's y axis
     height_sag: float = 0.01  # m, base height System-0 settles below the command (pose prediction)
-    pregrasp_up: float = 0.15  # pre-grasp: this much above the grasp pose ...
-    pregrasp_back: float = 0.10  # ... and this much behind it (along the box's x axis)
+    pregrasp_up: float = 0.20  # pre-grasp: this much above the grasp pose ...
+    pregrasp_back: float = 0.12  # ... and this much behind it (along the box's x axis)
     reach_split: float = 0.5  # fraction of the reach spent moving forward (then straight down)
     lift_dz: float = 0.12  # wrist rise during the lift (on top of the body's rise)
     noise_level: float = 0.0  # 0 = clean expert; scales the two noise terms below
@@ -234,3 +234,54 @@ def expert_act(
 def hand_closed_targets() -> np.ndarray:
     """f32[7] the closed right-hand targets (Psi0 state order)."""
     return np.asarray(HAND_CLOSED, np.float32)
+
+
+def rollout_stats(env, params: ExpertConfig, keys: jax.Array, *, max_steps: int | None = None) -> dict:
+    """Runs the expert on ``len(keys)`` vmapped envs (24 of every 30 actions executed, then re-query).
+
+    A ``lax.while_loop`` over chunks stops once every env is done or ``max_steps`` (default: the env's
+    ``episode_length``) control steps have run. Jit it with ``env`` closed over.
+
+    Args:
+      env: a ``G1BendPick`` env; params: ``ExpertConfig``; keys: PRNG keys [B] (reset + noise).
+
+    Returns:
+      dict of [B] arrays: ``success`` bool, ``fell`` bool, ``steps`` int32 (control steps until done, or
+      the steps run), ``lift`` f32 (final lift fraction).
+    """
+    execute = 24
+    limit = int(max_steps or env.config.episode_length)
+    n_chunks = -(-limit // execute)
+    reset_keys, act_keys = jax.vmap(lambda k: jax.random.split(k))(keys).transpose(1, 0, 2)
+    state = jax.vmap(env.reset)(reset_keys)
+    step = jax.vmap(env.step)
+
+    def chunk_body(carry):
+        i, state, key, steps = carry
+        key, k = jax.random.split(key)
+        actions = expert_act(params, state.obs, None, k)  # [B, 30, 36]
+
+        def one(s, a):
+            return step(s, a), None
+
+        def inner(c, j):
+            s, n = c
+            s, _ = one(s, actions[:, j])
+            n = n + (s.done == 0).astype(jnp.int32)
+            return (s, n), None
+
+        (state, steps), _ = jax.lax.scan(inner, (state, steps), jnp.arange(execute))
+        return i + 1, state, key, steps
+
+    def cond(carry):
+        i, state, _, _ = carry
+        return (i < n_chunks) & jnp.any(state.done == 0)
+
+    steps0 = jnp.zeros(keys.shape[0], jnp.int32)
+    _, state, _, steps = jax.lax.while_loop(cond, chunk_body, (0, state, act_keys[0], steps0))
+    return {
+        "success": state.metrics["success"] > 0,
+        "fell": state.metrics["fell"] > 0,
+        "steps": jnp.minimum(steps + 1, limit),
+        "lift": state.metrics["lift"],
+    }
