@@ -66,3 +66,26 @@ def test_cli_configure(tmp_path):
         recap_bendpick.configure(recap_bendpick.Args(out=out, n_step=3))
     with pytest.raises(ValueError, match="Did you mean 'smoke'"):
         recap_bendpick.configure(recap_bendpick.Args(out=tmp_path / "x", preset="smok"))
+
+
+def test_seed_spread():
+    import numpy as np
+
+    from experiments import report, seeds
+
+    def results(k):
+        outs = {
+            c: report.Outcomes(success=np.arange(10) < k + i, steps=np.full(10, 100))
+            for i, c in enumerate(report.CONDITIONS)
+        }
+        return report.build_results(
+            preset="x", seed=k, provenance={}, outcomes=outs, value_function=None, rollouts=None, seconds={}
+        )
+
+    agg = seeds.aggregate({0: results(1), 1: results(3)})
+    row = agg["conditions"]["sft_init"]
+    assert row["rate"]["values"] == [0.1, 0.3] and abs(row["rate"]["mean"] - 0.2) < 1e-12
+    assert abs(row["rate"]["std"] - np.std([0.1, 0.3], ddof=1)) < 1e-12
+    assert row["pooled"]["successes"] == 4 and row["pooled"]["episodes"] == 20
+    assert abs(agg["comparisons"]["high_vs_low"]["diff"]["mean"] - 0.1) < 1e-12
+    assert "high_vs_low" in seeds.markdown(agg)
