@@ -29,6 +29,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed control steps per MJX batch size")
     p.add_argument("--c-steps", type=int, default=200, help="timed control steps for C MuJoCo")
     p.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    p.add_argument(
+        "--solver-sweep",
+        action="store_true",
+        help="also time bare physics (10 mjx.step in a scan, largest batch) for several solver settings",
+    )
     return p.parse_args()
 
 
@@ -131,6 +136,50 @@ def _bench_c_batch(env, state, ctrl, batch: int, steps: int) -> float:
     return rate
 
 
+SWEEP = (("NEWTON", 4, 8), ("NEWTON", 3, 5), ("NEWTON", 2, 4), ("CG", 4, 8))
+
+
+def _solver_sweep(env, state0, batch: int, steps: int = 5) -> list[list[object]]:
+    """Physics steps/s of MJX (jit(vmap(scan of 10 mjx.step))) and C mj_step for each solver setting."""
+    import jax
+    import jax.numpy as jnp
+    import mujoco
+    import numpy as np
+    from mujoco import mjx
+
+    d0 = mjx.get_data(env.mj_model, state0.data)
+    n = env.config.substeps
+    rows = []
+    for solver, iters, ls in SWEEP:
+        m = env._build_mj_model(env.config)
+        m.opt.solver = getattr(mujoco.mjtSolver, f"mjSOL_{solver}")
+        m.opt.iterations, m.opt.ls_iterations = iters, ls
+        mx = mjx.put_model(m, impl="jax")
+        data = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, *x.shape)), mjx.put_data(m, d0))
+
+        def control_step(d, mx=mx):
+            return jax.lax.scan(lambda d, _: (mjx.step(mx, d), None), d, None, length=n)[0]
+
+        fn = jax.jit(jax.vmap(control_step))
+        data = jax.block_until_ready(fn(data))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            data = fn(data)
+        jax.block_until_ready(data)
+        mjx_rate = batch * steps * n / (time.perf_counter() - t0)
+        dc = mujoco.MjData(m)
+        for name in ("qpos", "qvel", "ctrl", "mocap_pos", "mocap_quat"):
+            getattr(dc, name)[:] = getattr(d0, name)
+        t0 = time.perf_counter()
+        for _ in range(100 * n):
+            mujoco.mj_step(m, dc)
+        c_rate = 100 * n / (time.perf_counter() - t0)
+        pelvis_z = float(np.asarray(data.qpos)[0, 2])
+        rows.append([f"{solver} {iters}/{ls}", batch, f"{mjx_rate:,.0f}", f"{c_rate:,.0f}", f"{pelvis_z:.3f}"])
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     args = _parse()
     if not args.gpu:
@@ -199,6 +248,29 @@ def main() -> None:
     print(body)
     if not args.no_write:
         write_section("env_throughput", body)
+    if args.solver_sweep:
+        sweep = _solver_sweep(env, state0, max(batches))
+        sweep_body = "\n".join(
+            [
+                f"Machine: {machine_description()}; load average {os.getloadavg()[0]:.1f} (shared cores: noisy).",
+                "",
+                "Bare physics (no System-0/obs), hold controls, from a stabilised stand; pelvis z after the MJX run.",
+                "",
+                markdown_table(
+                    [
+                        "solver iters/line-search",
+                        "envs",
+                        "MJX physics steps/s",
+                        "C mj_step physics steps/s",
+                        "pelvis z",
+                    ],
+                    sweep,
+                ),
+            ]
+        )
+        print(sweep_body)
+        if not args.no_write:
+            write_section("env_solver_sweep", sweep_body)
 
 
 def mujoco_solver(m) -> str:

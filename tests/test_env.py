@@ -15,12 +15,14 @@ from envs.g1 import bendpick
 from envs.g1 import constants as C
 
 BATCH = 64
-EPISODE_LENGTH = 300
+EPISODE_LENGTH = 600  # the default config: compiled functions are shared with other users of the env
 
 
 @pytest.fixture(scope="session")
 def env():
-    return envs.make("G1BendPick-v0", episode_length=EPISODE_LENGTH)
+    env = envs.make("G1BendPick-v0")
+    assert env.config.episode_length == EPISODE_LENGTH
+    return env
 
 
 @pytest.fixture(scope="session")
