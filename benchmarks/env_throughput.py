@@ -57,8 +57,10 @@ def _expert_policy():
     act = getattr(expert, "expert_act", None)
     if act is None:
         return None
-    make_params = getattr(expert, "default_params", None)
-    return act, (make_params() if make_params is not None else None)
+    make_params = getattr(expert, "default_params", None) or getattr(expert, "default_config", None)
+    if make_params is None:
+        return None
+    return act, make_params()
 
 
 def _bench_mjx(env, reset1, batch: int, steps: int, action, expert=None) -> tuple[float, float]:
