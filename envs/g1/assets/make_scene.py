@@ -10,7 +10,8 @@ Modelling choices (all chosen for MJX speed; see ``docs`` in ``envs/g1/bendpick.
 * Every original mesh becomes a visual-only box (its bounding box), ``contype = conaffinity = 0``.
 * Collisions (bit masks, ``a`` and ``b`` collide when ``a.contype & b.conaffinity`` or vice versa):
   floor plane (contype 1), 4 spheres per foot (conaffinity 1), the table top (contype 8, an
-  infinite plane that only the target box touches: box-box pairs are what costs in MJX), the target
+  infinite plane that only the target box touches: box-box pairs are what costs in MJX; its friction 0.5 is
+  below the box's, so the box's own friction sets the sliding friction, MuJoCo taking the max), the target
   box (contype 4, conaffinity 8), right-hand palm and finger capsules (conaffinity 4). That gives
   8 foot-floor + 1 box-table + 9 hand-box = 18 candidate pairs. Distractors are mocap bodies with
   visual geoms only (posed per episode, contact-free).
@@ -260,7 +261,7 @@ def build_xml(spec: dict) -> str:
             ' castshadow="false"/>',
             '    <geom name="floor" type="plane" size="0 0 0.05" contype="1" conaffinity="0" rgba="0.45 0.42 0.38 1"/>',
             f'    <geom name="table_top" type="plane" size="0 0 0.05" pos="0 0 {TABLE_HEIGHT}" contype="8"'
-            ' conaffinity="0" rgba="0 0 0 0" group="3"/>',
+            ' conaffinity="0" friction="0.5 0.005 0.0001" rgba="0 0 0 0" group="3"/>',
             f'    <geom name="table" class="visual" type="box" size="{TABLE_HALF[0]} {TABLE_HALF[1]} '
             f'{TABLE_HEIGHT / 2:.4f}" pos="{tx} {ty} {TABLE_HEIGHT / 2:.4f}" rgba="0.55 0.40 0.25 1"/>',
             *robot,
