@@ -15,6 +15,7 @@ its min is passed through unchanged. The normalised 32-d state is zero-padded to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -170,10 +171,17 @@ class PolicyParams:
     config: PolicyConfig = struct.field(pytree_node=False)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init_model_state(config: PolicyConfig, key: jax.Array) -> nnx.State:
+    """All initialisers in one compiled program (eager NNX init compiles every small op separately)."""
+    return nnx.state(PolicyModel(config, nnx.Rngs(params=key)))
+
+
 def init_policy(config: PolicyConfig, key: jax.Array | int, norm_stats: NormStats | None = None) -> PolicyParams:
     """Initialises a policy (parameters float32). ``norm_stats=None`` → ``NormStats.identity``."""
     key = jax.random.key(key) if isinstance(key, int) else key
-    graphdef, state = nnx.split(PolicyModel(config, nnx.Rngs(params=key)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: PolicyModel(config, nnx.Rngs(params=0))))
+    state = _init_model_state(config, key)
     norm = norm_stats if norm_stats is not None else NormStats.identity(config.state_dim, config.action_dim)
     _check_norm(config, norm)
     return PolicyParams(model=state, norm=norm, graphdef=graphdef, config=config)
@@ -270,13 +278,13 @@ def pooled_features(
     return enc.pool(*encode_observation(params, image, prompt_ids, prompt_mask))
 
 
-def _concrete_float(x) -> float | None:
-    """The Python float value of a concrete scalar, None if traced or not a scalar."""
+def _is_one(beta) -> bool | None:
+    """Whether a concrete β (scalar or [B]) is 1 everywhere; None when β is traced."""
     try:
-        arr = np.asarray(x)
+        arr = np.asarray(beta, np.float64)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
-    return float(arr) if arr.size == 1 else None
+    return bool(np.all(arr == 1.0))
 
 
 def sample_actions(
@@ -300,6 +308,8 @@ def sample_actions(
       key: PRNG key for the initial noise.
       beta: CFG weight (scalar or [B]); v = v_uncond + β(v_cond − v_uncond). β = 1 (default) needs no
         ``uncond_ids``. β ≠ 1 needs ``uncond_ids`` and a checkpoint trained with indicator dropout.
+        A traced β (under jit) with ``uncond_ids`` always runs guidance, so it too needs such a checkpoint;
+        a traced β without ``uncond_ids`` cannot be checked and has no effect.
       uncond_ids: int32 [B, L] bare-instruction ids for CFG (None = no guidance).
       prefix: optional float [B, P, 36] absolute actions (P ≤ H, static) to inpaint (real-time chunking):
         the first P tokens follow the straight path from their noise to the prefix, so the model
@@ -314,10 +324,10 @@ def sample_actions(
     if state.shape != (b, cfg.state_dim):
         raise ValueError(f"obs['state'] must be [{b}, {cfg.state_dim}], got {state.shape}")
     _check_image(cfg, image, b)
-    beta_value = _concrete_float(beta)
-    use_cfg = uncond_ids is not None and beta_value != 1.0
-    if uncond_ids is None and beta_value is not None and beta_value != 1.0:
-        raise ValueError(f"beta={beta_value} ≠ 1 needs uncond_ids (the bare-instruction prompt) for guidance")
+    beta_is_one = _is_one(beta)
+    use_cfg = uncond_ids is not None and beta_is_one is not True
+    if uncond_ids is None and beta_is_one is False:
+        raise ValueError(f"beta={beta} ≠ 1 needs uncond_ids (the bare-instruction prompt) for guidance")
     if use_cfg and cfg.indicator_dropout <= 0.0:
         raise ValueError(
             "classifier-free guidance (beta ≠ 1 with uncond_ids) needs a checkpoint trained with "

@@ -10,14 +10,15 @@ import pytest
 from flax import nnx
 
 from recap_jax import policy as P
+from recap_jax.advantage import format_prompt
 
 B = 2
 _sample = jax.jit(P.sample_actions)
 _loss = jax.jit(chex.assert_max_traces(P.policy_loss, n=1))  # every call below shares one trace
 IMG = (32, 32)
-HIGH = "advantage: high. bend to pick up the cracker box"
-LOW = "advantage: low. bend to pick up the cracker box"
 BARE = "bend to pick up the cracker box"
+HIGH = format_prompt(BARE, 1)  # "advantage: high. bend to pick up the cracker box"
+LOW = format_prompt(BARE, 0)
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +108,9 @@ def test_sample_shapes_determinism_jit_eager(cfg, params):
     eager = P.sample_actions(params, obs, ids, key)
     chex.assert_shape(eager, (B, 30, 36))
     assert eager.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(eager)))
-    jitted = jax.jit(P.sample_actions)(params, obs, ids, key)
+    jitted = _sample(params, obs, ids, key)
     np.testing.assert_allclose(jitted, eager, atol=1e-5, rtol=1e-5)
-    np.testing.assert_array_equal(jax.jit(P.sample_actions)(params, obs, ids, key), jitted)
+    np.testing.assert_array_equal(_sample(params, obs, ids, key), jitted)
     other = _sample(params, obs, ids, jax.random.key(4))
     assert float(jnp.max(jnp.abs(other - eager))) > 1e-3
 
@@ -164,12 +165,14 @@ def test_inpainting_prefix(cfg, params):
 
 
 def test_no_recompile_across_params_prompts_beta(cfg, params):
-    fn = jax.jit(chex.assert_max_traces(P.sample_actions, n=1))
     obs = _obs()
     ids, uids = _ids(cfg, HIGH)[0], _ids(cfg, BARE)[0]
+    _sample(params, obs, ids, jax.random.key(0), beta=jnp.float32(1.5), uncond_ids=uids)
+    compiled = _sample._cache_size()
     other = P.init_policy(cfg, 5, P.NormStats.from_arrays(np.ones((3, 32)) * [[1], [2], [3]], np.ones((3, 36))))
-    for p, prompt, beta in [(params, ids, 1.5), (other, _ids(cfg, LOW)[0], 2.5), (params, ids, 1.0)]:
-        fn(p, obs, prompt, jax.random.key(0), beta=jnp.float32(beta), uncond_ids=uids)
+    for p, prompt, beta in [(other, _ids(cfg, LOW)[0], 2.5), (params, ids, 1.0), (other, ids, 0.5)]:
+        _sample(p, obs, prompt, jax.random.key(1), beta=jnp.float32(beta), uncond_ids=uids)
+    assert _sample._cache_size() == compiled
 
 
 def test_loss_indicator_dropout_and_masks(cfg, params):
