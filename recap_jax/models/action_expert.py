@@ -5,8 +5,9 @@ Flow time is Ψ0's: σ = 1 is noise, σ = 0 is data; the expert predicts the vel
 Forward pass (B batch, H chunk, A action dim, D width, N context tokens, C context width):
 
 * time: t = 1000·σ per action token → [cos, sin] of 128 frequencies (256) → Linear(256→D) → SiLU →
-  Linear(D→D): ``temb`` [B, H, D] (per-token; the observation stream and nothing else uses the mean over
-  the H tokens, which equals the shared embedding whenever all tokens have the same σ).
+  Linear(D→D): ``temb`` [B, H, D], one per action token (so a frozen prefix can carry its own σ). The
+  observation stream's modulation uses the mean over the H tokens, which equals the shared embedding
+  whenever all tokens have the same σ (always, in training and plain sampling).
 * action tokens: Linear(A→A) → GELU(tanh) → Linear(A→D), plus a learned [H, D] position table.
 * observation tokens: [state token; context tokens] where the state token is Linear(A→D) of the
   state padded to A (dropout 0.2 on its input) and the context tokens are Linear(C→D) of the System-2
@@ -15,13 +16,18 @@ Forward pass (B batch, H chunk, A action dim, D width, N context tokens, C conte
 * blocks: two streams with their own adaLN-Zero (6 chunks: shift, scale, gate for attention, then for
   the MLP; LayerNorm without affine, eps 1e-6; x·(1 + scale) + shift), one joint non-causal attention
   over [actions; observations] with per-stream Q/K/V/out projections (bias, no qk-norm), padded
-  observation keys masked, MLPs D → 4D → D with GELU(tanh). In the last block the observation stream
+  observation keys masked, MLPs D → mlp_dim → D with GELU(tanh). In the last block the observation stream
   only provides keys/values, modulated by a 2-chunk continuous adaLN (scale first); its ``add_q_proj``
   exists (so the released weights load) but its output cannot reach the actions, so it is not computed
   here; there is no ``to_add_out`` and no observation MLP there.
 * head: shift, scale = Linear(SiLU(temb)) (shift first); out = Linear(D→A)(x·scale + shift).
 
-Padded action dimensions (``action_dim_mask`` False) are zeroed on input and output.
+Padded action dimensions (``action_dim_mask`` False) are zeroed on input and output; action tokens past
+the episode end (``action_mask`` False, training only) are zeroed and masked as attention keys.
+
+Initialisation (Ψ0's released weights replace it): block adaLN linears and the output projection are zero
+(adaLN-Zero: every block starts as the identity and the expert outputs 0); the head's modulation is
+LeCun-normal, because with ``out = W(x·scale + shift)`` a zero modulation would also zero ``W``'s gradient.
 """
 
 from __future__ import annotations
