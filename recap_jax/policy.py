@@ -221,6 +221,16 @@ def _model(params: PolicyParams) -> PolicyModel:
     return nnx.merge(params.graphdef, params.model)
 
 
+def _inference_model(params: PolicyParams) -> PolicyModel:
+    """The model with its float parameters cast once to the compute dtype (bf16 sampling then reads half
+    the bytes per Euler step instead of re-casting float32 weights inside the loop)."""
+    dt = jnp.dtype(params.config.dtype)
+    if dt == jnp.float32:
+        return _model(params)
+    state = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params.model)
+    return nnx.merge(params.graphdef, state)
+
+
 def _norm(params: PolicyParams) -> NormStats:
     return jax.lax.stop_gradient(params.norm)
 
@@ -340,7 +350,7 @@ def sample_actions(
     ):
         raise ValueError(f"prefix must be [{b}, P, {a}] with 0 < P ≤ {h}, got {prefix.shape}")
 
-    model = _model(params)
+    model = _inference_model(params)
     mask = _prompt_mask(prompt_ids, prompt_mask)
     s = normalize_state(params, state)
     if use_cfg:

@@ -115,6 +115,15 @@ def test_sample_shapes_determinism_jit_eager(cfg, params):
     assert float(jnp.max(jnp.abs(other - eager))) > 1e-3
 
 
+def test_bf16_sampling_close_to_f32(cfg, params):
+    obs, ids = _obs(), _ids(cfg, HIGH)[0]
+    f32 = _sample(params, obs, ids, jax.random.key(0))
+    bf16 = _sample(P.replace_config(params, dtype="bfloat16"), obs, ids, jax.random.key(0))
+    assert bf16.dtype == jnp.float32
+    err = float(jnp.max(jnp.abs(bf16 - f32)))
+    assert 0 < err < 0.1 * float(jnp.max(jnp.abs(f32))), err
+
+
 def test_prompts_reach_expert_as_different_context(cfg, params):
     obs, key = _obs(), jax.random.key(0)
     outs = [_sample(params, obs, _ids(cfg, t)[0], key) for t in (HIGH, LOW, BARE)]
