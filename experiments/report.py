@@ -151,7 +151,18 @@ def build_results(
     }
     if extra:
         results.update(extra)
-    return results
+    return _finite_or_none(results)
+
+
+def _finite_or_none(x: Any) -> Any:
+    """Non-finite floats (an undefined AUC, say) become None so results.json is strict JSON."""
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
 
 
 # ---- Table 1 ------------------------------------------------------------------------------------
@@ -347,7 +358,7 @@ def write_report(
     os.makedirs(out_dir, exist_ok=True)
     tmp = os.path.join(out_dir, "results.json.tmp")
     with open(tmp, "w") as f:
-        json.dump(results, f, indent=2, default=_json_default)
+        json.dump(_finite_or_none(results), f, indent=2, default=_json_default, allow_nan=False)
     os.replace(tmp, os.path.join(out_dir, "results.json"))
     table = table1_markdown(results, labels)
     with open(os.path.join(out_dir, "table1.md"), "w") as f:
