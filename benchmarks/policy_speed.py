@@ -95,7 +95,8 @@ def bench_sampling(preset: str, batch: int, num_context: int, dtype: str, num_st
 
     @jax.jit
     def sample(state, ctx, mask, s, key):
-        model = nnx.merge(graphdef, state)
+        # As in recap_jax.policy.sample_actions: weights cast to the compute dtype once, outside the loop.
+        model = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(cfg.compute_dtype), state))
         noise = jax.random.normal(key, (batch, cfg.chunk, cfg.action_dim), jnp.float32)
         return flow.euler_sample(lambda x, sigma: model(x, sigma, ctx, mask, s), noise, num_steps)
 
