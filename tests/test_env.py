@@ -235,3 +235,20 @@ def test_mjx_matches_c_mujoco(env, state0, step1):
     # The waist pitch target was tracked by both.
     k = C.JOINT_NAMES.index("waist_pitch_joint")
     assert abs(q_mjx[7 + k] - 0.15) < 0.05 and abs(d.qpos[7 + k] - 0.15) < 0.05
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_randomisation_levels(env, level):
+    """Per-episode scene values: same structure at every level; what varies grows with the level."""
+    e = env if level == 0 else envs.make("G1BendPick-v0", randomization_level=level)
+    a, b = (e._sample_scene(jax.random.PRNGKey(k)) for k in (0, 1))
+    assert jax.tree.structure(a) == jax.tree.structure(env._sample_scene(jax.random.PRNGKey(0)))
+    differs = {k: not np.allclose(a[k], b[k]) for k in a}
+    assert differs["box_rgba"] == differs["box_mass"] == differs["box_friction"] == (level >= 1)
+    assert differs["light_dir"] == differs["camera_pos_offset"] == differs["camera_rot_offset"] == (level >= 2)
+    lo, hi = e.config.box_mass_range
+    assert lo - 1e-6 <= float(a["box_mass"]) <= hi + 1e-6 or level == 0
+    model = e._model(a)
+    assert float(model.body_mass[e.box_body_id]) == pytest.approx(float(a["box_mass"]), rel=1e-6)
+    assert float(model.geom_friction[e.box_geom_id, 0]) == pytest.approx(float(a["box_friction"]), rel=1e-6)
+    assert np.all(np.abs(np.asarray(a["camera_rot_offset"])) <= e.config.camera_rot_jitter + 1e-6)
