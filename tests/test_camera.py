@@ -132,6 +132,9 @@ def test_target_centroid_matches_projection(model, scene, render_fn):
         scene,
     )
     assert np.linalg.norm(_centroid(mask) - np.asarray(centre)) < 2.0
+    bodies = np.asarray(camera.body_segmentation(scene, jnp.asarray(out["segmentation"])))
+    np.testing.assert_array_equal(bodies == model.body("target").id, mask)
+    assert np.all((bodies == -1) == (out["segmentation"] == -1))
 
 
 def test_box_moves_in_image(model, scene, render_fn):

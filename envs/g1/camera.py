@@ -356,6 +356,11 @@ def render_all(
     }
 
 
+def body_segmentation(scene: Scene, segmentation: jax.Array) -> jax.Array:
+    """Geom-id segmentation int32 [..., H, W] -> MuJoCo body ids int32 [..., H, W] (-1 background)."""
+    return jnp.where(segmentation >= 0, scene.geom_bodyid[jnp.maximum(segmentation, 0)], -1)
+
+
 @struct.dataclass
 class Appearance:
     """Per-episode look of one env (randomised at reset, kept in the env state)."""
