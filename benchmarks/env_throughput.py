@@ -60,6 +60,13 @@ def _expert_policy():
     make_params = getattr(expert, "default_params", None) or getattr(expert, "default_config", None)
     if make_params is None:
         return None
+    # envs.g1.kinematics caches the arm chain on first use; fill that cache outside any jit trace (filled
+    # inside one, it would hold tracers that leak into the next compilation).
+    if importlib.util.find_spec("envs.g1.kinematics") is not None:
+        from envs.g1 import kinematics
+
+        if hasattr(kinematics, "right_arm_chain"):
+            kinematics.right_arm_chain()
     return act, make_params()
 
 
