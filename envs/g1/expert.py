@@ -55,7 +55,9 @@ class ExpertConfig:
     squat_end: float = 60.0  # base height reaches grasp_height
     reach_end: float = 110.0  # wrist at the grasp pose
     close_end: float = 130.0  # hand closed
-    lift_end: float = 190.0  # base height back at 0.75
+    lift_end: float = 170.0  # wrist raised lift_dz (arm lift, body still bent)
+    rise_start: float = 290.0  # body starts standing up (after a 2.4 s hold) ...
+    rise_end: float = 350.0  # ... and is back at stand_height
     stand_height: float = 0.75
     grasp_height: float = 0.45
     waist_pitch: float = 0.0  # torso pitch command while bent
@@ -66,10 +68,10 @@ class ExpertConfig:
     pregrasp_up: float = 0.20  # pre-grasp: this much above the grasp pose ...
     pregrasp_back: float = 0.12  # ... and this much behind it (along the box's x axis)
     reach_split: float = 0.5  # fraction of the reach spent moving forward (then straight down)
-    lift_dz: float = 0.12  # wrist rise during the lift (on top of the body's rise)
+    lift_dz: float = 0.14  # wrist rise during the arm lift (then the body's rise adds to it)
     noise_level: float = 0.0  # 0 = clean expert; scales the two noise terms below
-    grasp_noise: float = 0.03  # m, std of the per-episode grasp-point offset at noise_level 1
-    action_noise: float = 0.15  # rad, std of the joint-target noise at noise_level 1
+    grasp_noise: float = 0.045  # m, std of the per-episode grasp-point offset at noise_level 1
+    action_noise: float = 0.2  # rad, std of the joint-target noise at noise_level 1
     noise_seed: int = 0
 
 
@@ -149,12 +151,18 @@ def _plan_one(params: ExpertConfig, obs: dict, key: jax.Array) -> jax.Array:
     s_reach = _smoothstep((tau - params.squat_end) / (params.reach_end - params.squat_end))
     s_close = _smoothstep((tau - params.reach_end) / (params.close_end - params.reach_end))
     s_lift = _smoothstep((tau - params.close_end) / (params.lift_end - params.close_end))
-    height = params.stand_height + (params.grasp_height - params.stand_height) * (s_squat - s_lift)
+    s_rise = _smoothstep((tau - params.rise_start) / (params.rise_end - params.rise_start))
+    height = params.stand_height + (params.grasp_height - params.stand_height) * (s_squat - s_rise)
 
     waist_cmd = state[C.S_COMMAND][:3]  # previous commanded roll, pitch, yaw
     waist_q = jnp.stack([waist_cmd[2], waist_cmd[0], waist_cmd[1]])  # joint order yaw, roll, pitch
     offset = _episode_offset(params, priv["obj_pos0"])
-    g_pos, g_rot = grasp_pose(params, priv["obj_pos"], priv["obj_quat"], offset)
+    # Until the lift starts the grasp tracks the box where it stands; from then on it is anchored to the
+    # box's initial pose (a held box must not drag its own target along).
+    ref_pos = jnp.where(t < params.close_end, priv["obj_pos"], priv["obj_pos0"])
+    ref_quat = priv.get("obj_quat0", priv["obj_quat"])
+    ref_quat = jnp.where(t < params.close_end, priv["obj_quat"], ref_quat)
+    g_pos, g_rot = grasp_pose(params, ref_pos, ref_quat, offset)
     up = jnp.array([0.0, 0.0, 1.0])
     above = g_pos + params.pregrasp_up * up
     pre_pos = above - params.pregrasp_back * g_rot[:, 0]
@@ -196,7 +204,7 @@ def _plan_one(params: ExpertConfig, obs: dict, key: jax.Array) -> jax.Array:
     actions = jnp.tile(base[None], (HORIZON, 1))
     actions = actions.at[:, C.S_RIGHT_ARM].set(arm)
     actions = actions.at[:, C.S_RIGHT_HAND].set(hand)
-    bent = s_squat - s_lift
+    bent = s_squat - s_rise
     actions = actions.at[:, C.A_WAIST.start + 1].set(params.waist_pitch * bent)
     actions = actions.at[:, C.A_HEIGHT].set(height)
 

@@ -57,7 +57,7 @@ def right_arm_chain() -> Chain:
     site = m.site(C.RIGHT_PALM_SITE)
     if site.bodyid[0] != ids[-1]:
         raise ValueError("the right palm site must sit on right_wrist_yaw_link")
-    f32 = lambda x: jnp.asarray(np.asarray(x), jnp.float32)
+    f32 = lambda x: np.asarray(x, np.float32)  # numpy: safe to build inside a jit trace
     return Chain(
         pos=f32(m.body_pos[ids]),
         quat=f32(m.body_quat[ids]),
