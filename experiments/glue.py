@@ -168,10 +168,15 @@ def train_policy(
 
 def load_policy(run_dir: str | os.PathLike, pcfg, step: int | None = None):
     """Inference params of a policy run (``step`` or the latest)."""
+    import jax
+
     from recap_jax import policy
     from recap_jax import train as T
 
-    return T.load_inference_params(run_dir, policy.abstract_policy(pcfg), step=step)
+    params = T.load_inference_params(run_dir, policy.abstract_policy(pcfg), step=step)
+    # Checkpoints restore with the training mesh's sharding; rollouts run on one device (a wave program
+    # partitioned over 8 virtual CPU devices was seen to deadlock).
+    return jax.device_put(params, jax.local_devices()[0])
 
 
 def norm_stats(store_root: str | os.PathLike, kinds: tuple[str, ...]):
