@@ -8,11 +8,13 @@ Plan, keyed to the control step tau = t + i of each chunk row i (phases in ``Exp
 
 1. stand, then lower the base height from 0.75 m to ``grasp_height`` (a smoothstep) while the right arm
    moves from the keyframe to the pre-grasp pose (IK, blended in joint space);
-2. reach: the right wrist follows a straight line from ``pregrasp_up`` above the grasp pose down to it;
-   the grasp pose puts the palm over the box's top with the fingers (pre-curled 90 deg) just past the far
-   face and the thumb (opened) in front of the near face, aligned with the box's yaw;
+2. reach: the right wrist moves forward from the pre-grasp pose (``pregrasp_back`` behind and
+   ``pregrasp_up`` above the grasp pose), then straight down to the grasp pose, which puts the palm over the
+   box's top (wrist x along the box's x axis, palm down) with the pre-curled fingers past the far face and
+   the opened thumb in front of the near face;
 3. close: the thumb swings in and pinches the box against the finger wall;
-4. lift: the base height rises back to 0.75 m while the wrist target rises ``lift_dz``; 5. hold.
+4. lift: the wrist target rises ``lift_dz`` with the body still bent (success, >= 9 cm, comes here);
+5. hold for ``rise_start - lift_end`` steps, then 6. raise the base height back to 0.75 m and stand.
 
 The left arm and hand keep the keyframe. Every row's arm targets come from damped-least-squares IK
 (``envs.g1.kinematics``) against the *measured* pelvis pose and the commanded waist, so re-querying every
@@ -37,7 +39,7 @@ from envs.g1 import system0
 
 HORIZON = 30
 ARM_SEED = (-0.5, -0.1, 0.0, 0.3, -1.57, 0.0, 0.0)  # IK start: forearm forward, palm down
-params_iters = 20
+IK_ITERS = 20  # damped-least-squares iterations per IK solve
 
 # Right-hand targets in Psi0's state order (thumb0, thumb1, thumb2, index0, index1, middle0, middle1).
 HAND_PREGRASP = (0.0, 0.72, 0.0, 1.1, 0.0, 1.1, 0.0)
@@ -180,7 +182,7 @@ def _plan_one(params: ExpertConfig, obs: dict, key: jax.Array) -> jax.Array:
     pelvis_pos_rows = jnp.concatenate([jnp.tile(pelvis_pos[None, :2], (HORIZON, 1)), pelvis_z[:, None]], axis=1)
 
     def ik(target, ppos, pquat):
-        return K.solve_arm_ik(chain, ppos, pquat, waist_q, seed, target, g_rot, iters=params_iters)
+        return K.solve_arm_ik(chain, ppos, pquat, waist_q, seed, target, g_rot, iters=IK_ITERS)
 
     # Targets per row: before the reach, the pre-grasp pose; then down the line; then lift.
     r = params.reach_split
