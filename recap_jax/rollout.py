@@ -17,7 +17,9 @@ namespace ``COLLECT`` (ids ≥ ``first_id``), evaluation ``EVAL``: the two never
 episodes are identical across conditions (paired comparisons).
 
 The env must be built with ``camera=False``: the rollout renders with ``env.render`` at decision points
-only (a camera env would render at all 24 control steps of a chunk).
+only (a camera env would render at all 24 control steps of a chunk). Switch off host callbacks inside
+``env.step`` (System-0's ``warn_unsupported``): one would put a host round-trip in every control step
+(measured: 2.2× slower waves on CPU) and keep the wave out of the persistent compilation cache.
 
 Host side: ``collect`` streams each wave into an ``EpisodeStore`` (one ``append`` per wave) and skips ids
 already present, so a restarted collection reaches exactly the requested ids; ``evaluate`` returns
