@@ -187,15 +187,16 @@ def _batched(fn: Callable, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def resnet_features(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Frozen ResNet features: uint8 [N, H, W, 3] → float32 [N, feature_dim] (224×224, ImageNet normalisation)."""
+def resnet_features(model, images: np.ndarray, batch_size: int = 64, size: tuple[int, int] = (224, 224)) -> np.ndarray:
+    """Frozen ResNet features: uint8 [N, H, W, 3] → float32 [N, feature_dim] (resized to ``size``, ImageNet
+    normalisation, as the paper's Appendix B)."""
     from recap_jax.models import resnet
 
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def f(state, x):
-        return nnx.merge(graphdef, state).features(resnet.imagenet_preprocess(x))
+        return nnx.merge(graphdef, state).features(resnet.imagenet_preprocess(x, size))
 
     return _batched(lambda x: f(state, x), images, batch_size).astype(np.float32)
 

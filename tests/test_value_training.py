@@ -127,3 +127,17 @@ def test_bad_inputs_raise():
         vt.ValueTrainConfig(backbone="vit")
     with pytest.raises(ValueError, match="overlap"):
         vt.train_value(data, CFG, train_ids=[0, 1, 2], val_ids=[2, 3])
+
+
+def test_resnet_features_are_frozen_imagenet_features():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from recap_jax.models import resnet
+
+    model = resnet.ResNet((1, 1, 1, 1), 2, None, rngs=nnx.Rngs(0))
+    images = np.random.default_rng(0).integers(0, 255, size=(3, 12, 20, 3)).astype(np.uint8)
+    feats = vt.resnet_features(model, images, batch_size=2, size=(32, 32))
+    assert feats.shape == (3, model.feature_dim) and feats.dtype == np.float32
+    want = model.features(resnet.imagenet_preprocess(jnp.asarray(images), (32, 32)))
+    np.testing.assert_allclose(feats, want, rtol=1e-4, atol=1e-5)
