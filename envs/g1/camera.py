@@ -10,9 +10,9 @@ any-hit pass from the hit point). A checker pattern on planes gives the floor te
 
 Why this technique (measured by ``benchmarks/render_throughput.py``, numbers in
 ``benchmarks/RESULTS.md``): on one 96x160 frame of the G1 scene (55 visible geoms, 52 of them
-boxes), ``mjx.ray`` vmapped over pixels took ~3x longer than this renderer with full shading and a
-shadow ray (60 vs 21 ms on CPU; ~7x without the shadow ray), and it returns only depth and geom id
-(no normals, so shading would need another pass). ``mjx.render`` (batched ray casting) exists
+boxes), ``mjx.ray`` vmapped over pixels took 3-10x longer than this renderer with full shading and
+a shadow ray in repeated runs on the shared 2-core CPU (e.g. 60 vs 21 ms), and it returns only depth
+and geom id (no normals, so shading would need another pass). ``mjx.render`` (batched ray casting) exists
 only for the Warp backend, which is not available here, and rasterising through OpenGL cannot run
 inside ``jit``. The kernels here
 transform the shared camera origin into each geom frame once per frame, compute normals only for
