@@ -17,10 +17,16 @@ B, N = 2, 5
 
 
 def _perturbed(cfg=CFG, seed=0):
-    """An expert moved off its adaLN-Zero / zero-head init (every weight + N(0, 0.05))."""
-    graphdef, state = nnx.split(ae.build(cfg, seed))
-    state = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(seed + 1), x.shape), state)
-    return graphdef, state
+    """An expert moved off its adaLN-Zero / zero-head init (every weight + N(0, 0.05)), built in one jit."""
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: ae.ActionExpert(cfg, nnx.Rngs(params=0))))
+
+    @jax.jit
+    def init(key):
+        leaves, tree = jax.tree.flatten(nnx.state(ae.ActionExpert(cfg, nnx.Rngs(params=key))))
+        noise = [0.05 * jax.random.normal(jax.random.fold_in(key, i), x.shape) for i, x in enumerate(leaves)]
+        return jax.tree.unflatten(tree, [x + n for x, n in zip(leaves, noise)])
+
+    return graphdef, init(jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +120,7 @@ def test_dropout_only_with_key(model):
 def test_bf16_compute_close_to_f32(model):
     graphdef, state = model
     cfg16 = ae.get_config("tiny", dtype="bfloat16")
-    graphdef16, state16 = nnx.split(ae.build(cfg16, 0))
+    graphdef16, state16 = nnx.split(nnx.eval_shape(lambda: ae.ActionExpert(cfg16, nnx.Rngs(params=0))))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state16))  # float32 parameters
     args = _inputs()
     f32 = _apply(graphdef, state, *args)

@@ -28,16 +28,15 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def params(cfg):
-    p = P.init_policy(cfg, 0)
-    # Move off the adaLN-Zero / zero-head initialisation so that every path carries signal.
-    return p.replace(model=_perturb(p.model, jax.random.key(7)))
+    # Moved off the adaLN-Zero / zero-head initialisation so that every path carries signal.
+    return jax.jit(lambda key: _perturb(P.init_policy(cfg, key), jax.random.key(7)))(jax.random.key(0))
 
 
-@jax.jit
-def _perturb(tree, key):
-    leaves, treedef = jax.tree.flatten(tree)
+def _perturb(params, key):
+    leaves, treedef = jax.tree.flatten(params.model)
     keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    noisy = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+    return params.replace(model=jax.tree.unflatten(treedef, noisy))
 
 
 def _obs(seed=0, b=B):
@@ -144,11 +143,11 @@ def test_cfg_guidance_rules(cfg, params):
     cond = _sample(params, obs, ids, key)
     # β = 1 with uncond ids is the conditioned policy; β = 2 differs.
     np.testing.assert_allclose(_sample(params, obs, ids, key, beta=1.0, uncond_ids=uids), cond, atol=1e-5)
-    guided = _sample(params, obs, ids, key, beta=jnp.float32(2.0), uncond_ids=uids)
+    guided = _sample(params, obs, ids, key, beta=2.0, uncond_ids=uids)
     assert float(jnp.max(jnp.abs(guided - cond))) > 1e-3
     # β = 0 is the unconditioned policy.
     np.testing.assert_allclose(
-        _sample(params, obs, ids, key, beta=jnp.float32(0.0), uncond_ids=uids),
+        _sample(params, obs, ids, key, beta=0.0, uncond_ids=uids),
         _sample(params, obs, uids, key),
         atol=1e-4,
     )
@@ -176,11 +175,11 @@ def test_inpainting_prefix(cfg, params):
 def test_no_recompile_across_params_prompts_beta(cfg, params):
     obs = _obs()
     ids, uids = _ids(cfg, HIGH)[0], _ids(cfg, BARE)[0]
-    _sample(params, obs, ids, jax.random.key(0), beta=jnp.float32(1.5), uncond_ids=uids)
+    _sample(params, obs, ids, jax.random.key(0), beta=1.5, uncond_ids=uids)
     compiled = _sample._cache_size()
     other = P.init_policy(cfg, 5, P.NormStats.from_arrays(np.ones((3, 32)) * [[1], [2], [3]], np.ones((3, 36))))
     for p, prompt, beta in [(other, _ids(cfg, LOW)[0], 2.5), (params, ids, 1.0), (other, ids, 0.5)]:
-        _sample(p, obs, prompt, jax.random.key(1), beta=jnp.float32(beta), uncond_ids=uids)
+        _sample(p, obs, prompt, jax.random.key(1), beta=beta, uncond_ids=uids)
     assert _sample._cache_size() == compiled
 
 
