@@ -246,7 +246,8 @@ def main() -> None:
             "",
             f"Model: G1 + Dex3 BendPick, {m.ngeom} geoms ({int(((m.geom_contype | m.geom_conaffinity) > 0).sum())} "
             f"colliding), {ncand} MJX contact slots, solver {mujoco_solver(m)}, dt {m.opt.timestep}, "
-            f"{substeps} substeps per 50 Hz control step. Action: {policy}. Single-env reset compile "
+            f"{substeps} substeps per 50 Hz control step. MJX action: {policy}; the C MuJoCo rows hold the "
+            "stand controls. Single-env reset compile "
             f"{reset_compile:.0f} s (includes 60 stand steps).",
             "",
             markdown_table(
