@@ -1,0 +1,62 @@
+"""A reduced RECAP-Ψ study end to end on CPU: every stage for real, then resume skips every stage.
+
+The shapes (8 envs, 216-step episodes, tiny models, batch 16, 48x80 images) are the ``smoke`` preset's,
+so the compiled expert wave, policy wave and train step are shared with ``make demo`` through the
+persistent compilation cache; only the counts shrink (1 wave per stage, a few train steps).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import common, presets, recap_bendpick, report
+
+
+def ci_config() -> presets.StudyConfig:
+    return presets.override(
+        presets.get_preset("smoke"),
+        **{
+            "demos.successful_only": False,
+            "sft.steps": 4,
+            "sft.init_step": 2,
+            "sft.log_every": 2,
+            "collect.episodes": 8,
+            "value_training.epochs": 1,
+            "finetune.steps": 2,
+            "finetune.log_every": 1,
+            "evaluate.episodes": 8,
+        },
+    )
+
+
+@pytest.mark.slow
+def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
+    cfg = ci_config()
+    out = tmp_path / "run"
+    common.save_config(out, cfg)
+    results = recap_bendpick.run_study(cfg, out)
+    table = recap_bendpick.write_outputs(cfg, out, results)
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["preset"] == "smoke" and saved["seed"] == cfg.seed
+    assert set(saved["conditions"]) == set(report.CONDITIONS)
+    for row in saved["conditions"].values():
+        assert row["episodes"] == 8 and 0.0 <= row["ci_low"] <= row["rate"] <= row["ci_high"] <= 1.0
+        assert set(row["failures"]) >= {"total", "fell", "timeout"}
+    for cmp in saved["comparisons"].values():
+        assert {"diff", "diff_ci_low", "diff_ci_high", "z", "p", "mcnemar_p"} <= set(cmp)
+    assert set(saved["value_function"]) == set(recap_bendpick.train_value.VF_KEYS)
+    assert saved["rollouts"]["episodes"] == 8
+    assert saved["seconds"]["total"] > 0 and saved["provenance"]["deviations"]
+    for name in ("table1.md", "fig2_success_rates.png", "fig6_differences.png"):
+        assert (out / name).stat().st_size > 0
+    assert "RECAP-high" in table and "BC-all" in table
+
+    # A second invocation finds every stage done and only rebuilds the report.
+    capsys.readouterr()
+    again = recap_bendpick.run_study(cfg, out)
+    log = capsys.readouterr().out
+    assert "running" not in log and log.count("skipped") >= 10
+    assert again["conditions"] == results["conditions"]
