@@ -48,3 +48,22 @@ def test_smoke_budget_is_small():
     s = presets.get_preset("smoke")
     assert sum(s.env_steps().values()) <= 20_000
     assert s.evaluate.num_envs <= 8 and s.collect.num_envs <= 8
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_presets_build_the_stage_configs(name):
+    from experiments import glue
+
+    cfg = presets.get_preset(name)
+    pcfg = glue.policy_config(cfg)
+    assert tuple(pcfg.image_size) == tuple(cfg.env.image_size) and pcfg.execute == cfg.env.replan_every
+    assert glue.policy_config(cfg, 0.3).indicator_dropout == 0.3
+    vcfg = glue.value_config(cfg)
+    assert (vcfg.epochs, vcfg.max_steps, vcfg.split_seed) == (
+        cfg.value_training.epochs,
+        cfg.env.episode_length,
+        cfg.value_training.split_seed,
+    )
+    assert glue.label_config(cfg).positive_fraction == cfg.labels.positive_fraction
+    opt = glue.optimizer_config(cfg.finetune, cfg.finetune.steps)
+    assert (opt.lr, opt.total_steps) == (cfg.finetune.learning_rate, cfg.finetune.steps)
