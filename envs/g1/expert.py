@@ -23,7 +23,9 @@ The left arm and hand keep the keyframe. Every row's arm targets come from dampe
 Noise (for mixed-quality demos): ``noise_level`` in [0, 1] scales (a) a per-episode grasp-point offset
 (``grasp_noise`` m at level 1, seeded by the episode's initial box position so it is constant within an
 episode) and (b) i.i.d. Gaussian noise on the arm/hand joint targets (``action_noise`` rad at level 1,
-from ``key``). ``noisy_config(level)`` builds such a config.
+from ``key``). ``noisy_config(level)`` builds such a config. Measured success (MJX, level 0, 40 episodes
+each; benchmarks/RESULTS.md): level 0 -> 100 %, 0.25 -> 80 %, 0.5 -> 58 %, 0.75 -> 15 %, 1.0 -> 5 %, so
+levels 0.5-0.65 give the study's 25-60 % band.
 """
 
 from __future__ import annotations
