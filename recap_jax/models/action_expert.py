@@ -32,8 +32,6 @@ LeCun-normal, because with ``out = W(x·scale + shift)`` a zero modulation would
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass
 
 import jax
@@ -99,15 +97,7 @@ PRESETS: dict[str, ActionExpertConfig] = {
 
 def get_config(preset: str | ActionExpertConfig, **overrides) -> ActionExpertConfig:
     """Preset name (or config) → config, with field overrides; unknown names suggest the closest."""
-    if isinstance(preset, ActionExpertConfig):
-        cfg = preset
-    elif preset in PRESETS:
-        cfg = PRESETS[preset]
-    else:
-        close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown action-expert preset {preset!r} (known: {sorted(PRESETS)}){hint}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return layers.resolve_preset(PRESETS, preset, ActionExpertConfig, "action-expert", **overrides)
 
 
 def _token_sigma(sigma: jax.Array, b: int, h: int) -> jax.Array:

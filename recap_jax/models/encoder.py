@@ -16,8 +16,6 @@ implements ``ContextEncoder`` with ``out_dim`` = 2048 fits the same expert.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,15 +90,7 @@ PRESETS: dict[str, EncoderConfig] = {
 
 def get_config(preset: str | EncoderConfig, **overrides) -> EncoderConfig:
     """Preset name (or config) → config, with overrides; unknown names suggest the closest."""
-    if isinstance(preset, EncoderConfig):
-        cfg = preset
-    elif preset in PRESETS:
-        cfg = PRESETS[preset]
-    else:
-        close = difflib.get_close_matches(str(preset), list(PRESETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown encoder preset {preset!r} (known: {sorted(PRESETS)}){hint}")
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    return layers.resolve_preset(PRESETS, preset, EncoderConfig, "encoder", **overrides)
 
 
 class EncoderLayer(nnx.Module):

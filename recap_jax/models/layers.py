@@ -7,6 +7,8 @@ means deterministic (inference).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 
 import jax
@@ -127,3 +129,19 @@ def count_params(state: nnx.State) -> int:
     """Number of scalars in all ``nnx.Param`` leaves of ``state`` (works on ShapeDtypeStructs too)."""
     leaves = jax.tree.leaves(nnx.filter_state(state, nnx.Param) if isinstance(state, nnx.State) else state)
     return int(sum(math.prod(x.shape) for x in leaves))
+
+
+def resolve_preset(presets: dict, preset, config_type: type, kind: str, **overrides):
+    """Preset name (or a ``config_type`` instance) → config, with field overrides.
+
+    An unknown name raises ``ValueError`` naming the ``kind`` of preset and the closest known name.
+    """
+    if isinstance(preset, config_type):
+        cfg = preset
+    elif preset in presets:
+        cfg = presets[preset]
+    else:
+        close = difflib.get_close_matches(str(preset), list(presets), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown {kind} preset {preset!r} (known: {sorted(presets)}){hint}")
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
