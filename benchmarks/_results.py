@@ -13,7 +13,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# ``RECAP_BENCH_RESULTS`` redirects the writes (e.g. to a scratch file on a borrowed GPU host, merged later).
+RESULTS = Path(os.environ.get("RECAP_BENCH_RESULTS") or Path(__file__).resolve().parent / "RESULTS.md")
 HEADER = "# Benchmark results\n\nEach section is written by the script it names; the machine is stated in each.\n"
 
 

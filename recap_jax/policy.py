@@ -109,6 +109,20 @@ class PolicyConfig:
         return ByteTokenizer(max_len=self.prompt_max_len)
 
 
+MIN_SPAN = 1e-3  # smallest data range of a normalised dimension (radians or metres)
+
+
+def _widen(lo: np.ndarray, hi: np.ndarray, min_span: float) -> tuple[np.ndarray, np.ndarray]:
+    """Widens dims with ``hi - lo < min_span`` to ``min_span`` around their midpoint. float32 [D] each."""
+    if min_span <= 0:
+        raise ValueError(f"min_span must be > 0, got {min_span}")
+    mid = 0.5 * (lo + hi)
+    narrow = (hi - lo) < min_span
+    lo = np.where(narrow, mid - 0.5 * min_span, lo).astype(np.float32)
+    hi = np.where(narrow, mid + 0.5 * min_span, hi).astype(np.float32)
+    return lo, hi
+
+
 @struct.dataclass
 class NormStats:
     """Min–max statistics. state_min/max float32 [S]; action_min/max float32 [A]."""
@@ -119,8 +133,15 @@ class NormStats:
     action_max: jax.Array
 
     @classmethod
-    def from_arrays(cls, states, actions) -> NormStats:
-        """From data: states float [N, S], actions float [..., A] (e.g. [N, A] or [N, H, A])."""
+    def from_arrays(cls, states, actions, min_span: float = MIN_SPAN) -> NormStats:
+        """From data: states float [N, S], actions float [..., A] (e.g. [N, A] or [N, H, A]).
+
+        A dimension whose data range is below ``min_span`` (e.g. one the demos never move: the left
+        hand, the velocity commands) is widened to ``[c - min_span/2, c + min_span/2]`` around its
+        value c. It then normalises to 0 and un-normalises to within ``min_span/2`` of c, so an
+        untrained or noisy policy output cannot move a dimension the data held fixed. (Passing such a
+        dimension through un-normalised let raw N(0, 1) flow noise command ±1 rad torso tilts.)
+        """
         s = np.asarray(states, np.float32)
         a = np.asarray(actions, np.float32)
         if s.ndim != 2 or a.ndim < 2 or s.shape[0] == 0 or a.size == 0:
@@ -128,7 +149,9 @@ class NormStats:
         a = a.reshape(-1, a.shape[-1])
         if not (np.isfinite(s).all() and np.isfinite(a).all()):
             raise ValueError("states/actions contain non-finite values")
-        return cls(jnp.asarray(s.min(0)), jnp.asarray(s.max(0)), jnp.asarray(a.min(0)), jnp.asarray(a.max(0)))
+        s_lo, s_hi = _widen(s.min(0), s.max(0), min_span)
+        a_lo, a_hi = _widen(a.min(0), a.max(0), min_span)
+        return cls(jnp.asarray(s_lo), jnp.asarray(s_hi), jnp.asarray(a_lo), jnp.asarray(a_hi))
 
     @classmethod
     def identity(cls, state_dim: int = 32, action_dim: int = 36) -> NormStats:

@@ -68,7 +68,7 @@ def _batch(cfg, seed=0, b=B):
     }
 
 
-def test_norm_stats_roundtrip_clip_and_passthrough():
+def test_norm_stats_roundtrip_clip_and_constant_dims():
     rng = np.random.default_rng(0)
     states = rng.uniform(-2, 3, size=(100, 32)).astype(np.float32)
     actions = rng.uniform(-1, 5, size=(100, 36)).astype(np.float32)
@@ -76,8 +76,13 @@ def test_norm_stats_roundtrip_clip_and_passthrough():
     ns = P.NormStats.from_arrays(states, actions)
     y = P.normalize(actions, ns.action_min, ns.action_max)
     assert float(jnp.min(y[:, :5])) == pytest.approx(-1.0) and float(jnp.max(y[:, :5])) == pytest.approx(1.0)
-    np.testing.assert_allclose(y[:, 5], 0.75)  # passed through
+    np.testing.assert_allclose(y[:, 5], 0.0, atol=1e-3)  # a constant dim normalises to 0 ...
     np.testing.assert_allclose(P.unnormalize(y, ns.action_min, ns.action_max), actions, atol=1e-5)
+    noise = jnp.asarray(rng.normal(size=(100, 36)) * 3.0, jnp.float32)  # ... and pins any output to its value
+    pinned = P.unnormalize(noise, ns.action_min, ns.action_max)[:, 5]
+    assert float(jnp.max(jnp.abs(pinned - 0.75))) <= 0.5 * P.MIN_SPAN + 1e-6
+    ident = P.NormStats.identity()
+    np.testing.assert_allclose(P.unnormalize(noise, ident.action_min, ident.action_max), noise)  # identity passes
     out = P.normalize(actions + 100.0, ns.action_min, ns.action_max)
     assert float(jnp.max(out[:, :5])) == 1.0  # clipped
     with pytest.raises(ValueError, match="states"):
