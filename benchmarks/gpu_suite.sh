@@ -16,6 +16,6 @@ run() {  # name seconds command...
   tail -n 25 "$LOG/$name.log"
 }
 run env_throughput "${ENV_S:-170}" python -m benchmarks.env_throughput --gpu --batch-sizes 1024,4096 --steps 20
-run rollout_throughput "${ROLL_S:-230}" python -m benchmarks.rollout_throughput --envs 512 2048 --episode-length 600 --repeats 1
-run policy_speed "${POL_S:-120}" python -m benchmarks.policy_speed
+run rollout_throughput "${ROLL_S:-230}" python -m benchmarks.rollout_throughput --envs 512 1024 --episode-length 600 --repeats 1
+run policy_speed "${POL_S:-120}" python -m benchmarks.policy_speed --train-presets small,psi0
 run render_throughput "${REN_S:-60}" python -m benchmarks.render_throughput --gpu --batches 1 --reps 3
