@@ -215,32 +215,37 @@ SMOKE = StudyConfig(
     ),
 )
 
-# ---- gpu: each stage <= 10 min, the whole study ~20 min on one H100 --------------------------------
+# ---- gpu: each stage <= 10 min, the whole study ~15 min on one H100 --------------------------------
+# Budget arithmetic (one H100, MJX on GPU is step-latency bound up to ~1K envs: a 400-step wave costs
+# about the same at 128 or 512 envs): env waves of 400 control steps: demos 1 (128 envs), screening
+# 3 x 64, collection 1 x 512, evaluation 5 conditions x 1 x 512 = 10 waves; training: SFT 5k + RECAP 4k
+# + BC-all 4k steps at batch 64 on the small policy (43 M parameters, ~20-30 ms per step); value 30
+# epochs; ~6 compiled programs (expert wave, policy waves at 64 and 512 envs, train step, value steps).
 GPU = StudyConfig(
     name="gpu",
-    description="one H100: each stage within 10 min, whole study ~20 min; conditions large enough to separate",
+    description="one H100: each stage within 10 min, whole study ~15 min; 512 evaluation episodes per condition",
     seed=0,
     env=EnvSettings(episode_length=400, image_size=(96, 160), randomization_level=1, replan_every=24),
     policy=(("action_expert", "small"), ("encoder", "small")),
     value=(("backbone", "cnn"), ("cnn_channels", (32, 64, 128, 128))),
     demos=DemoSettings(num_demos=128, num_envs=128, expert_noise=0.0),
     sft=SFTSettings(
-        steps=6_000,
-        init_step=3_000,
-        candidate_steps=(1_500, 3_000, 4_500),
+        steps=5_000,
+        init_step=2_500,
+        candidate_steps=(1_250, 2_500, 3_750),
         batch_size=64,
         learning_rate=1e-4,
-        warmup_steps=300,
-        log_every=200,
+        warmup_steps=250,
+        log_every=250,
     ),
-    collect=CollectSettings(episodes=512, num_envs=256, screen_episodes=64),
+    collect=CollectSettings(episodes=512, num_envs=512, screen_episodes=64),
     value_training=ValueSettings(epochs=30, batch_size=256),
     labels=LabelSettings(positive_fraction=0.3),
-    finetune=FinetuneSettings(steps=6_000, batch_size=64, learning_rate=1e-4, warmup_steps=300, log_every=200),
-    evaluate=EvalSettings(episodes=512, num_envs=256, gif_episodes=2),
+    finetune=FinetuneSettings(steps=4_000, batch_size=64, learning_rate=1e-4, warmup_steps=200, log_every=250),
+    evaluate=EvalSettings(episodes=512, num_envs=512, gif_episodes=2),
     budget=(
-        "256 envs x 400 control steps per wave: collect 2 waves + screening 3x64 + eval 5 conditions x 2 waves; "
-        "SFT 6k and RECAP/BC 6k steps each at batch 64 on the 36 M-parameter small expert; value 30 epochs"
+        "400-step waves: demos 1 x 128 envs, screening 3 x 64, collection 1 x 512, evaluation 5 x 512; "
+        "SFT 5k and RECAP/BC-all 4k steps each at batch 64 on the 43 M-parameter small policy; value 30 epochs"
     ),
 )
 
