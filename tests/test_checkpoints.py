@@ -64,6 +64,11 @@ def test_round_trip_sharded_and_best(tmp_path):
 
     best = load_inference_params(tmp_path, jax.eval_shape(lambda: states[2].inference_params), best=True)
     chex.assert_trees_all_equal(best, states[2].inference_params)  # the lowest val_loss
+    # A run trained on the fsdp mesh restores whole onto one device for rollouts/evaluation.
+    dev = jax.devices()[-1]
+    single = load_inference_params(tmp_path, states[3].inference_params, device=dev)
+    chex.assert_trees_all_equal(single, states[3].inference_params)
+    assert all(x.sharding == jax.sharding.SingleDeviceSharding(dev) for x in jax.tree.leaves(single))
     a = load_assets(tmp_path)
     np.testing.assert_array_equal(norm_stats_from_assets(a)["action_min"], -np.ones(36, np.float32))
     assert (

@@ -247,16 +247,28 @@ def _pick_step(mgr: ocp.CheckpointManager, sub: Path, step: int | None, best: bo
 
 
 def load_inference_params(
-    directory: str | os.PathLike, target: PyTree, *, step: int | None = None, best: bool = False
+    directory: str | os.PathLike,
+    target: PyTree,
+    *,
+    step: int | None = None,
+    best: bool = False,
+    device: jax.Device | None = None,
 ) -> PyTree:
     """Inference params of a run (latest step, or the best one with ``best=True``).
 
-    ``target``: params pytree of arrays or ShapeDtypeStructs (e.g. ``policy.abstract_policy(cfg)``).
+    ``target``: params pytree of arrays or ShapeDtypeStructs (e.g. ``policy.abstract_policy(cfg)``);
+    leaves are restored with the target's shardings (the training mesh's, for a concrete target).
+    ``device``: restore every leaf whole onto this one device instead — what a rollout or an
+    evaluation on one accelerator wants, whatever mesh the run was trained on.
     """
+    abstract = abstract_like(target)
+    if device is not None:
+        one = jax.sharding.SingleDeviceSharding(device)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), abstract)
     mgr, sub = _reader(directory, best)
     with mgr:
         step = _pick_step(mgr, sub, step, best)
-        out = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target))))
+        out = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
     return out["params"]
 
 
