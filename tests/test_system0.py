@@ -57,14 +57,26 @@ def test_command_validation_waist_order_and_clipping():
 
 
 def test_nonzero_velocity_command_warns_once():
-    params = _env().system0_params
+    default = _env().system0_params
+    assert default.warn_unsupported is False  # no host callback in the env's jitted step (compile cache)
     f = jax.jit(system0.lower_body_targets, static_argnums=())
+    command = jnp.asarray([0, 0, 0, 0.75, 0.5, 0, 0, 0], jnp.float32)
     system0._WARNED[0] = False
-    with pytest.warns(UserWarning, match="velocity commands"):
-        jax.block_until_ready(f(params, None, jnp.asarray([0, 0, 0, 0.75, 0.5, 0, 0, 0], jnp.float32)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        jax.block_until_ready(f(params, None, jnp.asarray([0, 0, 0, 0.75, 0.5, 0, 0, 0], jnp.float32)))
+        jax.block_until_ready(f(default, None, command))  # silent by default ...
+    assert "callback" not in str(jax.make_jaxpr(lambda c: system0.lower_body_targets(default, None, c))(command))
+    with pytest.warns(UserWarning, match="velocity commands"):  # ... the host warns from the env's metric
+        system0.warn_unsupported_once(np.array([0.0, 1.0], np.float32))
+    # The opt-in in-graph warning still works, once per process.
+    params = default.replace(warn_unsupported=True)
+    system0._WARNED[0] = False
+    with pytest.warns(UserWarning, match="velocity commands"):
+        jax.block_until_ready(f(params, None, command))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax.block_until_ready(f(params, None, command))
+        system0.warn_unsupported_once(np.ones(3))
 
 
 def _sweep_actions() -> tuple[np.ndarray, np.ndarray]:

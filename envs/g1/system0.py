@@ -16,8 +16,12 @@ A quasi-static whole-body balance controller written as a pure function of the m
 4. **Waist.** The waist joints take the commanded torso roll, pitch and yaw, clipped to the joint limits.
 
 Velocity commands (vx, vy, turning flag, target yaw: ``command[4:8]``) are NOT supported: the robot stands
-in place. A non-zero one is ignored, and (``warn_unsupported``) a Python warning is issued once per
-process from a host callback; the env also flags it in ``metrics["unsupported_command"]``.
+in place. A non-zero one is ignored and the env flags it in ``metrics["unsupported_command"]`` (f32[], 1.0 on
+a step whose action had one). That metric is THE way to see it: callers warn on the host from it, outside
+the jitted step (e.g. ``warn_unsupported_once(state.metrics["unsupported_command"])`` after a rollout).
+``System0Params.warn_unsupported`` (default False) additionally warns from inside the jitted function via a
+``jax.debug.callback``; it is off by default because a host callback keeps JAX from writing the env's
+compiled programs to the persistent compilation cache (every process would recompile them).
 
 The signature is fixed: ``lower_body_targets(params, data, command) -> f32[15]``; ``data=None`` gives the
 feed-forward targets (nominal CoM), used to build the standing keyframe.
@@ -79,7 +83,7 @@ class System0Params:
     pelvis_body: int = struct.field(pytree_node=False, default=1)
     left_ankle_body: int = struct.field(pytree_node=False, default=7)
     right_ankle_body: int = struct.field(pytree_node=False, default=13)
-    warn_unsupported: bool = struct.field(pytree_node=False, default=True)
+    warn_unsupported: bool = struct.field(pytree_node=False, default=False)  # host callback: see the docstring
 
 
 def params_from_model(model: mujoco.MjModel, **overrides) -> System0Params:
@@ -170,7 +174,11 @@ def _yaw(quat: jax.Array) -> jax.Array:
 _WARNED = [False]
 
 
-def _warn_unsupported(flag) -> None:
+def warn_unsupported_once(flag) -> None:
+    """Host-side: issues the "velocity commands unsupported" warning (once per process) if any ``flag`` is set.
+
+    ``flag``: array-like of bools/floats, e.g. ``metrics["unsupported_command"]`` of a rollout (any shape).
+    """
     if not _WARNED[0] and bool(np.any(np.asarray(flag))):
         _WARNED[0] = True
         warnings.warn(
@@ -197,7 +205,7 @@ def lower_body_targets(params: System0Params, data, command: jax.Array) -> jax.A
     if command.shape != (8,):
         raise ValueError(f"command must be f32[8], got shape {command.shape}")
     if params.warn_unsupported:
-        jax.debug.callback(_warn_unsupported, jnp.any(command[4:8] != 0.0))
+        jax.debug.callback(warn_unsupported_once, jnp.any(command[4:8] != 0.0))
     height = jnp.clip(command[3], params.min_height, params.max_height)
     zero = jnp.zeros((), jnp.float32)
     if data is None:
