@@ -119,6 +119,34 @@ def test_cross_fit_never_predicts_own_training_episodes():
     assert seen == set(range(24))
 
 
+def test_cross_validated_metrics_pool_out_of_fold_predictions():
+    data = vt.decision_points(_episodes(n=24, seed=5), max_steps=MAX_STEPS)
+    cfg = vt.ValueTrainConfig(backbone="features", epochs=2, batch_size=16, max_steps=MAX_STEPS)
+    data = data.with_inputs(data.inputs.reshape(len(data), -1)[:, :64].astype(np.float32) / 255.0)
+    ids, fold_of = vt.fold_assignment(data, 3, cfg.split_seed)
+    _, succ = data.episodes()
+    for k in range(3):  # stratified: 4 successes and 4 failures per fold
+        assert succ[fold_of == k].sum() == 4 and (fold_of == k).sum() == 8
+    metrics, values, results = vt.cross_validated_metrics(data, cfg, folds=3)
+    assert metrics["episodes"] == 24 and metrics["steps"] == 24 * Q and metrics["folds"] == 3
+    again, _ = vt.cross_fit_values(data, cfg, folds=3)  # deterministic: the same models again
+    assert set(again) == set(values) and all(np.allclose(again[i], values[i], atol=1e-6) for i in values)
+    v = np.zeros(len(data))
+    for eid, vals in values.items():
+        sel = np.flatnonzero(data.episode_ids == eid)
+        v[sel[np.argsort(data.index[sel])]] = vals
+    first = data.index == 0
+    assert metrics["episode_auc"] == pytest.approx(stats.roc_auc(v[first], data.success[first]))
+    assert metrics["mse"] == pytest.approx(stats.mse(v, data.returns), rel=1e-5)
+    naive = np.zeros(len(data))
+    for k in range(3):
+        naive[np.isin(data.episode_ids, ids[fold_of == k])] = data.select(ids[fold_of != k]).returns.mean()
+    assert metrics["naive_mse"] == pytest.approx(stats.mse(naive, data.returns))
+    assert np.isfinite(metrics["fold_episode_auc"]) and len(results) == 3
+    with pytest.raises(ValueError, match="folds"):
+        vt.fold_assignment(data, 1)
+
+
 def test_bad_inputs_raise():
     data = vt.decision_points(_episodes(n=6), max_steps=MAX_STEPS)
     with pytest.raises(ValueError, match="precomputed features"):
