@@ -123,11 +123,6 @@ def test_expert_succeeds_on_four_seeds():
     assert not fell.any()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: with the scene's impratio = 1 the pinched box creeps ~1.5 cm in 2 s (MJX, 4 seeds); "
-    "impratio = 10 holds it (< 0.5 cm) but lowers grasp success (see docs/requests/control_to_env.md)",
-)
 def test_grasp_holds_box_for_2s_with_under_1cm_slip():
     lift, contact, _, rel = _expert_run()
     t0 = int(E.default_config().lift_end) + SETTLE_STEPS  # after the arm lift; the body is bent and static
@@ -135,4 +130,5 @@ def test_grasp_holds_box_for_2s_with_under_1cm_slip():
     assert (lift[t0 : t0 + HOLD_STEPS] >= 0.5).all()  # and still off the table
     hold = rel[t0 : t0 + HOLD_STEPS]
     slip = np.linalg.norm(hold - hold[0], axis=-1).max(axis=0)  # box position relative to the palm
+    print(f"max slip over the 2 s hold per seed (m): {np.round(slip, 4)}")
     assert (slip < 0.01).all(), slip

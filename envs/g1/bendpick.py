@@ -28,8 +28,9 @@ non-finite physics (the env keeps its last finite data and gets ``metrics["nan"]
 Randomisation levels (seeded by the reset key): 0 poses only (box +-``box_xy_range`` m and
 +-``box_yaw_range`` rad yaw, distractors +-``distractor_xy_range`` m and any yaw); 1 adds colours (box,
 distractors, table, floor), box mass and friction (the box-table sliding friction: the table's 0.5 is lower;
-hand-box friction stays at the hand's 1.2, MuJoCo taking the larger); 2 adds lighting and camera jitter. All per-episode
-values live in ``info["scene"]`` (the camera reads colours/light/jitter from there).
+hand-box contacts keep the hand's friction 1.2 and impedance, its geoms having contact priority); 2 adds
+lighting and camera jitter. All per-episode values live in ``info["scene"]`` (the camera reads
+colours/light/jitter from there).
 
 Scene simplifications (for MJX speed): only the feet (4 spheres each) touch the floor and only the
 right hand (palm + finger capsules) touches the box; the table top is an infinite plane that only the box

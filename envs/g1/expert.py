@@ -12,7 +12,7 @@ Plan, keyed to the control step tau = t + i of each chunk row i (phases in ``Exp
    ``pregrasp_up`` above the grasp pose), then straight down to the grasp pose, which puts the palm over the
    box's top (wrist x along the box's x axis, palm down) with the pre-curled fingers past the far face and
    the opened thumb in front of the near face;
-3. close: the thumb swings in and pinches the box against the finger wall;
+3. close: the thumb swings in and pinches the box against the finger wall (``HAND_CLOSED``);
 4. lift: the wrist target rises ``lift_dz`` with the body still bent (success, >= 9 cm, comes here);
 5. hold for ``rise_start - lift_end`` steps, then 6. raise the base height back to 0.75 m and stand.
 
@@ -45,7 +45,11 @@ IK_ITERS = 20  # damped-least-squares iterations per IK solve
 
 # Right-hand targets in Psi0's state order (thumb0, thumb1, thumb2, index0, index1, middle0, middle1).
 HAND_PREGRASP = (0.0, 0.72, 0.0, 1.1, 0.0, 1.1, 0.0)
-HAND_CLOSED = (0.0, -0.6, -1.2, 1.57, 0.3, 1.57, 0.3)
+# Closed: the thumb's targets lie past the box (it pinches at its 1.4 N m torque limit), the fingers' only just
+# past where they touch the far face (~1.28 rad): a finger wall that yields like a spring. Closing the fingers
+# to their 1.57 limit saturated them too, and two saturated fingers out-push the thumb, so the grasp kept
+# rolling towards the thumb (the box moved ~8 mm against the palm in 2 s).
+HAND_CLOSED = (0.0, -0.6, -1.2, 1.30, 0.3, 1.30, 0.3)
 
 
 @struct.dataclass
