@@ -8,7 +8,9 @@ the NNX parameter state and the ``NormStats`` are traced. ``sample_actions`` and
 pure functions of it, so swapping checkpoints, prompts or β under ``jax.jit`` never recompiles.
 
 Normalisation (Ψ0's): min–max to [−1, 1] from dataset statistics, clipped; a dimension whose max equals
-its min is passed through unchanged. The normalised 32-d state is zero-padded to 36 for the expert.
+its min is passed through unchanged. ``NormStats.from_arrays`` widens ranges narrower than ``MIN_SPAN``
+(actions) / ``STATE_MIN_SPAN`` (states) around their midpoint. The normalised 32-d state is zero-padded
+to 36 for the expert.
 ``NormStats.identity()`` (the default) passes every dimension through.
 """
 
@@ -109,7 +111,13 @@ class PolicyConfig:
         return ByteTokenizer(max_len=self.prompt_max_len)
 
 
-MIN_SPAN = 1e-3  # smallest data range of a normalised dimension (radians or metres)
+MIN_SPAN = 1e-3  # smallest data range of a normalised action dimension (radians or metres)
+# Smallest data range of a normalised *state* dimension. A measured joint the demos never command
+# (left arm/hand, a pinned finger) only jitters by 0.2-50 mrad; min-max over that jitter made it a
+# full-scale [-1, 1] input, which closed-loop rollouts leave (measured: 21-75% of decision points
+# outside, up to 23x the demo range) and the policy reacted to (a 5 mrad change moved the right-arm
+# chunk by 0.04-0.08 rad). Every task-relevant state dim of BendPick spans >= 0.29 and is unaffected.
+STATE_MIN_SPAN = 0.2
 
 
 def _widen(lo: np.ndarray, hi: np.ndarray, min_span: float) -> tuple[np.ndarray, np.ndarray]:
@@ -133,14 +141,21 @@ class NormStats:
     action_max: jax.Array
 
     @classmethod
-    def from_arrays(cls, states, actions, min_span: float = MIN_SPAN) -> NormStats:
+    def from_arrays(
+        cls, states, actions, min_span: float = MIN_SPAN, state_min_span: float = STATE_MIN_SPAN
+    ) -> NormStats:
         """From data: states float [N, S], actions float [..., A] (e.g. [N, A] or [N, H, A]).
 
-        A dimension whose data range is below ``min_span`` (e.g. one the demos never move: the left
-        hand, the velocity commands) is widened to ``[c - min_span/2, c + min_span/2]`` around its
-        value c. It then normalises to 0 and un-normalises to within ``min_span/2`` of c, so an
+        An action dimension whose data range is below ``min_span`` (e.g. one the demos never move: the
+        left hand, the velocity commands) is widened to ``[c - min_span/2, c + min_span/2]`` around its
+        midpoint c. It then normalises to 0 and un-normalises to within ``min_span/2`` of c, so an
         untrained or noisy policy output cannot move a dimension the data held fixed. (Passing such a
         dimension through un-normalised let raw N(0, 1) flow noise command ±1 rad torso tilts.)
+
+        A state dimension whose range is below ``state_min_span`` is widened the same way to
+        ``state_min_span``: its variation in the data is sensor jitter of a joint nobody commands, and
+        min-max over the jitter alone would blow a few mrad up to a full-scale input (see
+        ``STATE_MIN_SPAN``).
         """
         s = np.asarray(states, np.float32)
         a = np.asarray(actions, np.float32)
@@ -149,7 +164,7 @@ class NormStats:
         a = a.reshape(-1, a.shape[-1])
         if not (np.isfinite(s).all() and np.isfinite(a).all()):
             raise ValueError("states/actions contain non-finite values")
-        s_lo, s_hi = _widen(s.min(0), s.max(0), min_span)
+        s_lo, s_hi = _widen(s.min(0), s.max(0), state_min_span)
         a_lo, a_hi = _widen(a.min(0), a.max(0), min_span)
         return cls(jnp.asarray(s_lo), jnp.asarray(s_hi), jnp.asarray(a_lo), jnp.asarray(a_hi))
 

@@ -89,6 +89,30 @@ def test_norm_stats_roundtrip_clip_and_constant_dims():
         P.NormStats.from_arrays(states[:0], actions)
 
 
+def test_norm_stats_state_jitter_dims_are_not_blown_up():
+    """A state dim the data only jitters (a joint nobody commands) must not become a full-scale input.
+
+    With plain min-max over 2 mrad of jitter, a 5 mrad closed-loop deviation normalised to ±1 (clipped
+    from ±5); the closed-loop policy then saw out-of-range values on most decision points.
+    """
+    rng = np.random.default_rng(0)
+    states = rng.uniform(-1.0, 1.0, size=(200, 32)).astype(np.float32)
+    states[:, 14] = -0.3 + rng.uniform(-0.001, 0.001, size=200)  # jitter only
+    states[:, 31] = rng.uniform(0.45, 0.75, size=200)  # a real 0.3 m range stays min-max
+    ns = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)))
+    y = P.normalize(states, ns.state_min, ns.state_max)
+    assert float(jnp.min(y[:, 31])) == pytest.approx(-1.0) and float(jnp.max(y[:, 31])) == pytest.approx(1.0)
+    assert float(jnp.max(jnp.abs(y[:, 14]))) < 0.02
+    moved = states.copy()
+    moved[:, 14] += 0.005
+    dy = P.normalize(moved, ns.state_min, ns.state_max)[:, 14] - y[:, 14]
+    assert float(jnp.max(jnp.abs(dy))) <= 2 * 0.005 / P.STATE_MIN_SPAN + 1e-5
+    # constant state dims normalise to 0 (not passed through raw)
+    states[:, 3] = 0.7
+    ns = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)))
+    np.testing.assert_allclose(P.normalize(states, ns.state_min, ns.state_max)[:, 3], 0.0, atol=1e-5)
+
+
 def test_state_padded_to_36(cfg, params):
     s = P.normalize_state(params, _obs()["state"])
     assert s.shape == (B, 36)
