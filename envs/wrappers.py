@@ -127,9 +127,14 @@ class AutoResetWrapper(Wrapper):
 
     def reset(self, key: jax.Array):
         k_state, k_pool = jax.random.split(key)
-        state = self.env.reset(k_state)
+        # The first states and the pool in ONE batched reset (one copy of the stabilisation loop to compile,
+        # not two); the same keys, so the same states as ``env.reset(k_state)`` and ``_make_pool(k_pool)``.
+        keys = jnp.concatenate([k_state[None], jax.random.split(k_pool, self.pool_size)])
+        both = jax.vmap(self.env.reset)(keys)  # leaves [1 + K, B, ...]
+        state = jax.tree.map(lambda x: x[0], both)
+        pool = jax.tree.map(lambda x: jnp.swapaxes(x[1:], 0, 1), both)
         batch = state.done.shape[0]
-        info = {**state.info, "pool": self._make_pool(k_pool), "pool_next": jnp.zeros(batch, jnp.int32)}
+        info = {**state.info, "pool": pool, "pool_next": jnp.zeros(batch, jnp.int32)}
         return state.replace(info=info)
 
     def refresh_pool(self, state, key: jax.Array):

@@ -1,7 +1,8 @@
 """The wrapper stack (Vmap -> Episode -> AutoReset) on a tiny pure-JAX env with G1BendPick's State contract.
 
 The wrappers only see the State pytree, so a toy env exercises all their logic in milliseconds; the toy
-follows the real env's conventions (done envs are frozen, ``info["step"/"truncated"/"terminated"]``).
+follows the real env's conventions (done envs are frozen, ``info["step"/"truncated"/"terminated"]``). One test
+runs the auto-reset on the real G1 env (2 envs; two MJX programs to compile, persistent-cached).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import envs
 from envs import wrappers
 from envs.g1.bendpick import State
 
@@ -117,3 +119,44 @@ def test_auto_reset_from_pool():
     s2 = jax.jit(env.refresh_pool)(s, jax.random.PRNGKey(2))
     assert not np.allclose(np.asarray(s2.info["pool"].data["x"]), pool_x)
     np.testing.assert_array_equal(s2.data["x"], s.data["x"])
+
+
+def test_auto_reset_on_the_g1_env():
+    """The real env under the full stack (2 envs, 3-step episodes, camera off): a done env restarts from its
+    pre-stabilised pool state, the other env's step is untouched. One reset and one step program to compile;
+    20 stabilisation steps instead of 60 (the reset's stand loop is most of the run time once compiled)."""
+    g1 = envs.make("G1BendPick-v0", stabilize_steps=20)
+    env = wrappers.wrap_for_training(g1, batch_size=2, episode_length=3, pool_size=1)
+    s0 = jax.jit(env.reset)(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
+    pool = s0.info["pool"]  # leaves [B=2, K=1, ...]: stabilised resets (standing, step counter 0)
+    np.testing.assert_array_equal(pool.info["step"], [[0], [0]])
+    assert (np.asarray(pool.data.qpos[:, 0, 2]) > 0.6).all()  # pelvis up: standing after stabilisation
+    assert not np.allclose(pool.data.qpos[0, 0], s0.data.qpos[0])  # the pool is not the current episode
+    actions = jnp.tile(env.unwrapped.default_action[None], (2, 1))
+
+    # Env 0 ends (non-finite physics -> terminated) on the first step; env 1 keeps going.
+    poisoned = s0.replace(data=s0.data.replace(qvel=s0.data.qvel.at[0, 3].set(jnp.nan)))
+    s1, clean = step(poisoned, actions), step(s0, actions)
+    np.testing.assert_array_equal(s1.done, [1.0, 0.0])
+    np.testing.assert_array_equal(s1.info["terminated"], [1.0, 0.0])
+    np.testing.assert_array_equal(s1.metrics["nan"], [1.0, 0.0])  # the terminal step's metrics
+    for leaf_new, leaf_pool in zip(jax.tree.leaves((s1.data, s1.obs)), jax.tree.leaves((pool.data, pool.obs))):
+        np.testing.assert_array_equal(np.asarray(leaf_new)[0], np.asarray(leaf_pool)[0, 0])  # env 0 = its pool entry
+    np.testing.assert_array_equal(s1.info["step"], [0, 1])
+    np.testing.assert_array_equal(s1.info["episode_length"], [0, 1])
+    np.testing.assert_array_equal(s1.info["pool_next"], [1, 0])
+    for leaf_new, leaf_clean in zip(jax.tree.leaves((s1.data, s1.obs)), jax.tree.leaves((clean.data, clean.obs))):
+        np.testing.assert_array_equal(np.asarray(leaf_new)[1], np.asarray(leaf_clean)[1])  # env 1 untouched
+    assert not np.allclose(s1.data.qvel[1], s0.data.qvel[1])  # ... and it really stepped
+
+    # Two more steps: env 1 truncates at the wrapper's 3-step limit and restarts; env 0 keeps stepping.
+    s2 = step(s1, actions)
+    s3 = step(s2, actions)
+    np.testing.assert_array_equal(s3.done, [0.0, 1.0])
+    np.testing.assert_array_equal(s3.info["truncated"], [0.0, 1.0])
+    np.testing.assert_array_equal(s3.info["step"], [2, 0])
+    np.testing.assert_array_equal(s3.info["pool_next"], [1, 1])
+    np.testing.assert_array_equal(s3.data.qpos[1], pool.data.qpos[1, 0])
+    assert not np.array_equal(s3.data.qpos[0], s2.data.qpos[0])  # restarted env 0 is not frozen
+    assert np.isfinite(np.asarray(s3.data.qvel)).all()
