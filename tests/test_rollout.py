@@ -219,3 +219,41 @@ def test_bad_arguments_raise(env):
         rollout.run_wave(env, fake_act, PARAMS, np.zeros((3, 8), np.int32), 1.0, key, np.arange(2), ta=TA)
     with pytest.raises(ValueError, match="act must return"):
         rollout.run_wave(env, fake_act, PARAMS, np.zeros((2, 8), np.int32), 1.0, key, np.arange(2), ta=31)
+
+
+def test_loader_windows_are_what_the_policy_saw_and_did(env, collected):
+    """Train/rollout alignment: the loader's window at imaged step q holds the state and image the policy was
+    queried with at decision point q, and its action chunk starts with that query's chunk (chunk[0] is the
+    action executed at the window's own step; no off-by-one between state, image and actions)."""
+    from recap_jax.data import LoaderConfig, WindowLoader
+
+    store, _ = collected
+    ids, _ = ByteTokenizer().encode(PROMPT)
+    eps = [e for e in store.load() if e.episode_id in (0, 3, 9)]
+    loader = WindowLoader(eps, LoaderConfig(batch_size=1), prefetch=0, process_index=0, process_count=1)
+    windows = {}
+    for w in range(loader.num_windows):
+        ep = loader.episodes[loader._ep_index[w]]
+        windows[(ep.episode_id, int(loader._q_index[w]))] = w
+    checked = 0
+    for e in eps:
+        k = rollout.episode_key(0, rollout.COLLECT, e.episode_id)
+        state = env.reset(jax.random.fold_in(k, 0))
+        pk = jax.random.fold_in(k, 1)
+        for q in range(e.image_steps.size):
+            obs = {**state.obs, "image": env.render(state)}
+            chunk = fake_act(PARAMS, jax.tree.map(lambda a: a[None], obs), jnp.asarray(ids), jax.random.fold_in(pk, q))[
+                0
+            ]
+            loader.window_indices = lambda epoch, step, w=windows[(e.episode_id, q)]: np.array([w])
+            b = loader.host_batch(0, 0)
+            np.testing.assert_allclose(b["state"][0], np.asarray(obs["state"]), atol=1e-6)
+            np.testing.assert_array_equal(b["image"][0], np.asarray(obs["image"]))
+            n = int(b["action_mask"][0].sum())
+            np.testing.assert_allclose(b["actions"][0, : min(TA, n)], np.asarray(chunk[: min(TA, n)]), atol=1e-6)
+            checked += 1
+            for j in range(TA):
+                if bool(state.done):
+                    break
+                state = env.step(state, chunk[j])
+    assert checked >= 6
