@@ -23,9 +23,10 @@ The left arm and hand keep the keyframe. Every row's arm targets come from dampe
 Noise (for mixed-quality demos): ``noise_level`` in [0, 1] scales (a) a per-episode grasp-point offset
 (``grasp_noise`` m at level 1, seeded by the episode's initial box position so it is constant within an
 episode) and (b) i.i.d. Gaussian noise on the arm/hand joint targets (``action_noise`` rad at level 1,
-from ``key``). ``noisy_config(level)`` builds such a config. Measured success (MJX, level 0, 40 episodes
-each; benchmarks/RESULTS.md): level 0 -> 100 %, 0.25 -> 80 %, 0.5 -> 58 %, 0.75 -> 15 %, 1.0 -> 5 %, so
-levels 0.5-0.65 give the study's 25-60 % band.
+from ``key``). ``noisy_config(level)`` builds such a config. Measured success (MJX, randomisation level 0;
+benchmarks/RESULTS.md): noise 0 -> 100 % (200 episodes), 0.5 -> 35 % (40) with the current ``HAND_CLOSED``
+(fingers to 1.30 rad). Before that change (fingers to 1.57): 0.25 -> 80 %, 0.5 -> 58 %, 0.75 -> 15 %,
+1.0 -> 5 % (40 each), so the study's 25-60 % band now sits at about 0.4-0.5 (re-measure before relying on it).
 """
 
 from __future__ import annotations
