@@ -191,8 +191,8 @@ def override(cfg: StudyConfig, **changes: Any) -> StudyConfig:
 #   compiled programs (persistent-cached, so a second run only loads them): the expert wave, the policy
 #   wave (one program: params, prompts and β are traced, so collection and all 5 conditions share it),
 #   the policy train steps, the value epoch/eval/predict.
-#   Measured (results/smoke/README.md, shared 2-core CPU): 280 s with a warm cache; 778 s when the two
-#   env waves compile (~4 min each under load), so a first run on a fresh machine is ~10-13 min.
+#   Measured (results/smoke/README.md, shared 2-core CPU): 234 s with a warm cache; 778-1053 s when the
+#   two env waves compile (~4-6 min each under load), so a first run on a fresh machine is ~13-18 min.
 SMOKE = StudyConfig(
     name="smoke",
     description="2-core CPU, <= 10 min with a warm compilation cache: tiny models, few episodes, every stage for real",
