@@ -452,7 +452,8 @@ def report_block(args, epochs: int, results: dict, split_va, success: dict, n_ep
         "seeds): "
         + ", ".join(f"`{k}` {v:.3f}" for k, v in held_vals.items())
         + f"; with {n_va} held-out episodes one pair is 1/{max(n_va_succ * (n_va - n_va_succ), 1)} of AUC and a "
-        f"chance-level AUC has sd {null_held:.2f}, so this number cannot rank the backbones."
+        f"chance-level AUC has sd {null_held:.2f} (and all seeds share these episodes, so their spread is training "
+        "noise, not sampling noise): this number cannot rank the backbones."
     )
     short = f"At {epochs} epochs, held-out episode AUC " + ", ".join(f"`{k}` {v:.3f}" for k, v in held_vals.items())
     if cv_vals:
@@ -476,10 +477,23 @@ def report_block(args, epochs: int, results: dict, split_va, success: dict, n_ep
                 f"mean AUC of V̂(o_q) over q ≥ 4 {v['late_auc']:.3f}"
                 for k, v in secondary.items()
             )
-            + ". The outcome is decided after o_0 (the noised expert's per-episode grasp offset is a hash of the box "
-            "pose, the joint-target noise is drawn every step, and the noise level is not observable), so V̂(o_0) has "
-            "little to go on here; later decision points (reach, grasp, lift) carry the signal.",
+            + ". o_0 barely reveals the outcome (the noised expert's per-episode grasp offset is a pseudo-random hash "
+            "of the initial box pose, not learnable from these few episodes; the joint-target noise is drawn every "
+            "step; the noise level is not observable), so V̂(o_0) has little to go on here; later decision points "
+            "(reach, grasp, lift) carry the signal.",
         ]
+        ctrl = secondary.get("state_only")
+        if ctrl is not None and len(secondary) > 1:
+            verdict[-1] += (
+                " Against the `state_only` control (the same head without an image): "
+                + "; ".join(
+                    f"`{k}` step MSE {v['mse'] - ctrl['mse']:+.4f}, step AUC {v['step_auc'] - ctrl['step_auc']:+.3f}, "
+                    f"late AUC {v['late_auc'] - ctrl['late_auc']:+.3f}"
+                    for k, v in secondary.items()
+                    if k != "state_only"
+                )
+                + " (negative MSE and positive AUC differences would mean the image adds information)."
+            )
         short += (
             " Secondary: "
             + "; ".join(f"`{k}` step MSE {v['mse']:.4f}, step AUC {v['step_auc']:.3f}" for k, v in secondary.items())
