@@ -5,7 +5,11 @@ trained end to end. Report which works best here, by episode AUC." Writes the ``
 section of ``benchmarks/RESULTS.md``. Run from the repository root:
 
     python -m benchmarks.value_backbones --out runs/value_backbones [--seeds 0 1 2] [--folds 5] \
-        [--epochs 30 60] [--variants system2 system2_final cnn state_only] [--report-only]
+        [--epochs 30 60] [--variants system2 cnn] [--report-only]
+
+The committed section: the defaults at 30 epochs (seeds 0-2), then ``--epochs 60 --seeds 0 1 --variants
+system2 state_only cnn``, then ``--report-only --epochs 30 60`` (about 1 h on the shared 2-core CPU, nearly
+all of it the CNN's training).
 
 1. Data (reused when ``OUT/store`` already holds the requested episodes): the noised scripted expert
    (``envs.g1.expert.noisy_config``) at two noise levels, rolled out in the smoke preset's env
@@ -81,7 +85,40 @@ def make_store(out: Path, batches: list[tuple[float, int]], seed: int) -> dict:
         )
         summary.append({"noise": noise, "episodes": n, "seconds": time.time() - t0, **stats})
         print(f"noise {noise}: {stats}", flush=True)
+        if stats["collected"]:
+            # The env and expert code the episodes came from (a later env change makes a fresh store differ).
+            prov = out / "store_provenance.json"
+            rows = json.loads(prov.read_text()) if prov.exists() else []
+            rows.append({"noise": noise, "collected": stats["collected"], "git_commit": git_commit(), "utc": utc()})
+            prov.write_text(json.dumps(rows, indent=1))
     return {"batches": summary}
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def store_note(out: Path) -> str:
+    """Where the store's episodes came from (``store_provenance.json``), as a sentence."""
+    prov = out / "store_provenance.json"
+    if not prov.exists():
+        return "Collection commit not recorded."
+    rows = json.loads(prov.read_text())
+    commits = sorted({r["git_commit"] for r in rows})
+    when = sorted({r["utc"] for r in rows})
+    note = f"Collected at commit {', '.join(commits)} ({when[0]}"
+    note += f" – {when[-1]})." if len(when) > 1 else ")."
+    return note + " " + " ".join(r.get("note", "") for r in rows if r.get("note")).strip()
 
 
 def load_episodes(out: Path, batches: list[tuple[float, int]]) -> list:
@@ -176,7 +213,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="collection seed (batch k uses seed + k)")
     p.add_argument("--collect-only", action="store_true")
     p.add_argument("--sft-run", type=Path, default=Path("runs/smoke_fix"), help="smoke study with the SFT run")
-    p.add_argument("--variants", nargs="+", default=["system2", "cnn"], choices=sorted(VARIANTS))
+    p.add_argument(
+        "--variants", nargs="+", default=["system2", "system2_final", "cnn", "state_only"], choices=sorted(VARIANTS)
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="value-training seeds (init, shuffle)")
     p.add_argument("--epochs", type=int, nargs="+", default=[30], help="one setting per entry (first: primary)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -257,7 +296,7 @@ def main() -> None:
         "study's own recorder (`experiments.sft._expert` + `recap_jax.rollout.collect`, 8 envs per wave): "
         + "; ".join(f"noise {nz}: {ok}/{n} successes (mean {st:.0f} steps to success)" for nz, n, ok, st in per_batch)
         + f". In all {len(eps)} episodes, {int(succ.sum())} successes ({succ.mean():.0%}), {len(base)} decision "
-        "points. Returns: Eq. (1) (time to completion, failures −1).",
+        "points. Returns: Eq. (1) (time to completion, failures −1). " + store_note(args.out),
         "",
         "**Backbones**: " + "; ".join(f"`{k}` = {v}" for k, v in sources.items()) + ". Same head (the paper's "
         f"3-layer MLP on features ⊕ 32-d state), batch {args.batch_size}, Adam 3e-4, the best-validation-CE epoch "
