@@ -173,10 +173,9 @@ def load_policy(run_dir: str | os.PathLike, pcfg, step: int | None = None):
     from recap_jax import policy
     from recap_jax import train as T
 
-    params = T.load_inference_params(run_dir, policy.abstract_policy(pcfg), step=step)
-    # Checkpoints restore with the training mesh's sharding; rollouts run on one device (a wave program
-    # partitioned over 8 virtual CPU devices was seen to deadlock).
-    return jax.device_put(params, jax.local_devices()[0])
+    # Rollouts run on one device (a wave program partitioned over 8 virtual CPU devices was seen to
+    # deadlock), so the run is restored whole onto it, whatever mesh it was trained on.
+    return T.load_inference_params(run_dir, policy.abstract_policy(pcfg), step=step, device=jax.local_devices()[0])
 
 
 def norm_stats(store_root: str | os.PathLike, kinds: tuple[str, ...]):
