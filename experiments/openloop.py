@@ -32,14 +32,14 @@ GROUPS = {
 
 
 def windows(episodes, horizon: int):
-    """(episode index, q, t, state f32[32], image u8[H, W, 3], actions f32[H, 36], mask bool[H])."""
+    """(episode index, q, t, state f32[32], image u8[H, W, 3], actions f32[H, 36], mask bool[H]): the
+    loader's windows (``recap_jax.data.loader.action_window``)."""
+    from recap_jax.data.loader import action_window
+
     for i, ep in enumerate(episodes):
         for q, t in enumerate(ep.image_steps):
             t = int(t)
-            chunk = ep.actions[t : t + horizon]
-            n = chunk.shape[0]
-            acts = np.concatenate([chunk, np.repeat(chunk[-1:], horizon - n, 0)]) if n < horizon else chunk
-            mask = np.arange(horizon) < n
+            acts, mask = action_window(ep.actions, t, horizon)
             yield i, q, t, ep.states[t], ep.images[q], acts, mask
 
 
@@ -90,17 +90,16 @@ def openloop(params, episodes, *, ta: int, samples: int = 4, seed: int = 0, batc
         others = [k for k in range(len(ws)) if q_idx[k] == q and ep_idx[k] != i]
         mean[j] = target[others].mean(0) if others else target[j]
     res = {"windows": len(ws), "episodes": len(episodes), "samples": samples}
+    # every sample against its window's target: [samples * N, H, 36]
+    all_preds = preds.reshape(-1, h, cfg.action_dim)
+    all_target, all_mask = np.tile(target, (samples, 1, 1)), np.tile(mask, (samples, 1))
     for upto, tag in ((ta, "exec"), (h, "chunk")):
-        res[f"policy_{tag}"] = group_rmse(
-            preds.reshape(-1, h, cfg.action_dim), np.tile(target, (samples, 1, 1)), np.tile(mask, (samples, 1)), upto
-        )
+        res[f"policy_{tag}"] = group_rmse(all_preds, all_target, all_mask, upto)
         res[f"hold_{tag}"] = group_rmse(hold, target, mask, upto)
         res[f"mean_{tag}"] = group_rmse(mean, target, mask, upto)
     # spread between samples (policy stochasticity) and error of the first action alone
     res["policy_sample_std_exec"] = {n: float(preds[:, :, :ta][..., d].std(0).mean()) for n, d in GROUPS.items()}
-    res["policy_first_action"] = group_rmse(
-        preds.reshape(-1, h, cfg.action_dim), np.tile(target, (samples, 1, 1)), np.tile(mask, (samples, 1)), 1
-    )
+    res["policy_first_action"] = group_rmse(all_preds, all_target, all_mask, 1)
     per_q = {}
     for q in np.unique(q_idx):
         sel = q_idx == q

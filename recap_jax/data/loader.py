@@ -86,6 +86,16 @@ def norm_stats(episodes: EpisodeStore | Sequence[Episode], kinds: Sequence[str] 
     return {"state_min": s_lo, "state_max": s_hi, "action_min": a_lo, "action_max": a_hi}
 
 
+def action_window(actions: np.ndarray, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """The chunk a window at control step ``t`` trains on: ``actions[t : t + horizon]``, padded past the
+    episode's end with its last action. actions f32[T, A] → (chunk f32[horizon, A], mask bool[horizon],
+    True on real steps)."""
+    chunk = actions[t : t + horizon]
+    n = chunk.shape[0]
+    out = np.concatenate([chunk, np.repeat(chunk[-1:], horizon - n, 0)]) if n < horizon else chunk
+    return out, np.arange(horizon) < n
+
+
 class WindowLoader:
     """Shuffled, host-sharded, prefetching iterator of training batches (see the module docstring).
 
@@ -216,11 +226,7 @@ class WindowLoader:
             t = int(ep.image_steps[q])
             out["image"][row] = ep.images[q]
             out["state"][row] = ep.states[t]
-            chunk = ep.actions[t : t + h]
-            n = chunk.shape[0]
-            out["actions"][row, :n] = chunk
-            out["actions"][row, n:] = chunk[-1]
-            out["action_mask"][row, :n] = True
+            out["actions"][row], out["action_mask"][row] = action_window(ep.actions, t, h)
             bare.append(ep.prompt)
             if self._format_prompt is not None:
                 label = int(self._labels[w])
