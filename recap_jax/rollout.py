@@ -2,7 +2,8 @@
 
 One wave = N envs × ``episode_length`` control steps = Q = ceil(T / Ta) policy queries. The whole wave is
 one jitted program (``run_wave``): ``vmap(env.reset)``, then a ``lax.scan`` over the Q decision points; at
-each one every env is rendered once, the policy is queried once (``act(params, obs, prompt_ids, key, *,
+each one every env is rendered once (``obs["image"]``; ``obs["t"]`` i32[N] is the control step), the
+policy is queried once (``act(params, obs, prompt_ids, key, *,
 beta) -> f32[B, H, 36]``), and an inner ``lax.scan`` executes the first Ta actions of the chunk with
 ``vmap(env.step)``. Finished envs are frozen (their state is kept) and their records masked on the host by
 ``n_steps``. ``params``, ``prompt_ids``, ``beta`` and the episode ids are traced arguments, so one
@@ -70,7 +71,7 @@ def _query_step(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta
     """One decision point for all envs: render, query the policy, execute Ta actions (inner scan)."""
     state = carry
     image = jax.vmap(env.render)(state)
-    obs = {**state.obs, "image": image}
+    obs = {**state.obs, "image": image, "t": state.info["step"]}  # t: i32[N] control step (episode clock)
     keys = jax.vmap(lambda k: jax.random.fold_in(k, q))(pol_keys)
     chunk = jax.vmap(functools.partial(_act_one, act), in_axes=(None, 0, 0, 0, None, 0))(
         params, obs, prompt_ids, keys, beta, act_kwargs
