@@ -50,6 +50,10 @@ class PolicyConfig:
       dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
       num_steps: Euler steps at inference (10).
       sigma_kind: training σ distribution, "uniform" (Ψ0) or "beta" (π0).
+      phase_steps: 0 (Ψ0: no clock). > 0: the expert also reads the episode clock, the control step t of
+        the observation (``obs["t"]`` / ``batch["t"]`` i32[B]), as the phase 2·min(t / phase_steps, 1) − 1
+        in the first padding slot of its state input (index ``state_dim``). A deviation from Ψ0 for small
+        data: it tells a time-indexed expert's phases apart where the state alone cannot.
     """
 
     action_expert: str = "tiny"
@@ -67,6 +71,7 @@ class PolicyConfig:
     dtype: str = "float32"
     num_steps: int = 10
     sigma_kind: str = "uniform"
+    phase_steps: int = 0
 
     def __post_init__(self):
         for name in ("state_dropout", "context_dropout", "indicator_dropout"):
@@ -74,6 +79,12 @@ class PolicyConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.state_dim > self.action_dim:
             raise ValueError(f"state_dim {self.state_dim} > action_dim {self.action_dim}: cannot pad the state")
+        if self.phase_steps < 0:
+            raise ValueError(f"phase_steps must be >= 0, got {self.phase_steps}")
+        if self.phase_steps and self.state_dim >= self.action_dim:
+            raise ValueError(
+                f"phase_steps needs a padding slot: state_dim {self.state_dim} < action_dim {self.action_dim}"
+            )
         if not 0 < self.execute <= self.chunk:
             raise ValueError(f"execute must be in (0, chunk={self.chunk}], got {self.execute}")
         if any(not 0 <= d < self.action_dim for d in self.padded_action_dims):
@@ -273,13 +284,22 @@ def _norm(params: PolicyParams) -> NormStats:
     return jax.lax.stop_gradient(params.norm)
 
 
-def normalize_state(params: PolicyParams, state: jax.Array) -> jax.Array:
-    """float [B, S] raw state → float32 [B, A]: normalised, zero-padded to the action dim."""
+def normalize_state(params: PolicyParams, state: jax.Array, t: jax.Array | None = None) -> jax.Array:
+    """float [B, S] raw state (and, with ``phase_steps > 0``, the control step t int [B]) → float32 [B, A]:
+    normalised, zero-padded to the action dim, the phase in slot ``state_dim`` (see ``PolicyConfig``)."""
     cfg, n = params.config, _norm(params)
     if state.shape[-1] != cfg.state_dim:
         raise ValueError(f"state must be [B, {cfg.state_dim}], got {state.shape}")
     s = normalize(state, n.state_min, n.state_max)
-    return jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, cfg.action_dim - cfg.state_dim)])
+    s = jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, cfg.action_dim - cfg.state_dim)])
+    if not cfg.phase_steps:
+        return s
+    if t is None:
+        raise ValueError(f"phase_steps={cfg.phase_steps} needs the control step t (obs['t'] / batch['t'], int [B])")
+    if t.shape != state.shape[:-1]:
+        raise ValueError(f"t must be {list(state.shape[:-1])} (one control step per state), got {list(t.shape)}")
+    phase = 2.0 * jnp.minimum(jnp.asarray(t, jnp.float32) / cfg.phase_steps, 1.0) - 1.0
+    return s.at[..., cfg.state_dim].set(phase)
 
 
 def normalize_actions(params: PolicyParams, actions: jax.Array) -> jax.Array:
@@ -351,7 +371,8 @@ def sample_actions(
 
     Args:
       params: ``PolicyParams``.
-      obs: {"state": float [B, 32], "image": uint8 [B, H, W, 3]} (extra keys are ignored).
+      obs: {"state": float [B, 32], "image": uint8 [B, H, W, 3]}, with ``config.phase_steps > 0`` also
+        "t": int [B] (the control step; ``recap_jax.rollout`` supplies it). Extra keys are ignored.
       prompt_ids: int32 [B, L] conditioned prompt ("advantage: high. ...") or the bare instruction.
       key: PRNG key for the initial noise.
       beta: CFG weight (scalar or [B]); v = v_uncond + β(v_cond − v_uncond). β = 1 (default) needs no
@@ -390,7 +411,7 @@ def sample_actions(
 
     model = _inference_model(params)
     mask = _prompt_mask(prompt_ids, prompt_mask)
-    s = normalize_state(params, state)
+    s = normalize_state(params, state, obs.get("t"))
     if use_cfg:
         if uncond_ids.shape != prompt_ids.shape:
             raise ValueError(f"uncond_ids {uncond_ids.shape} must match prompt_ids {prompt_ids.shape}")
@@ -458,8 +479,9 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
       batch: "image" u8 [B, H, W, 3], "state" f32 [B, 32], "prompt_ids" i32 [B, L], "prompt_mask" bool [B, L],
         "actions" f32 [B, 30, 36] absolute, "action_mask" bool [B, 30]; with ``indicator_dropout > 0`` also
         "uncond_prompt_ids" i32 [B, L] and "uncond_prompt_mask" bool [B, L] (the bare instruction),
-        used instead of the labelled prompt with probability ``indicator_dropout`` per example.
-        Optional "label" int8 [B] (only reported).
+        used instead of the labelled prompt with probability ``indicator_dropout`` per example; with
+        ``phase_steps > 0`` also "t" i32 [B] (the window's control step). Optional "label" int8 [B] (only
+        reported).
       key: PRNG key (σ, noise, indicator dropout, input dropouts).
 
     Returns: (loss float32 [], metrics {"loss", "sigma_mean", "indicator_dropped"} float32 []).
@@ -494,7 +516,7 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
 
     model = _model(params)
     ctx, cmask = model.encoder(batch["image"], ids, mask)
-    s = normalize_state(params, batch["state"])
+    s = normalize_state(params, batch["state"], batch.get("t"))
     x = normalize_actions(params, batch["actions"])
     sigma = flow.sample_sigma(k_sigma, (b,), cfg.sigma_kind)
     noise = jax.random.normal(k_noise, x.shape, jnp.float32)

@@ -31,6 +31,7 @@ def test_windows_and_padding(store):
             ep = next(e for e in loader.episodes if e.episode_id == eid)
             q = list(ep.image_steps).index(t)
             assert b["image"][row, 0, 0, 0] == t % 256
+            assert b["t"].dtype == np.int32 and b["t"][row] == t  # the window's control step (episode clock)
             n = min(30, ep.n_steps - t)
             np.testing.assert_array_equal(b["action_mask"][row], np.arange(30) < n)
             np.testing.assert_array_equal(b["actions"][row, :n], ep.actions[t : t + n])

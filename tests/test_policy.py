@@ -119,6 +119,37 @@ def test_state_padded_to_36(cfg, params):
     np.testing.assert_array_equal(s[:, 32:], 0.0)
 
 
+def test_phase_input_reads_the_episode_clock(cfg):
+    """phase_steps > 0: t lands in the first padding slot as 2·min(t/phase_steps, 1) − 1 and moves the chunk;
+    without t the policy refuses (it would silently see phase −1)."""
+    pcfg = P.PolicyConfig(image_size=IMG, prompt_max_len=64, phase_steps=200)
+    params = jax.jit(lambda key: _perturb(P.init_policy(pcfg, key), jax.random.key(7)))(jax.random.key(0))
+    obs = _obs()
+    s = P.normalize_state(params, obs["state"], jnp.array([0, 300]))
+    np.testing.assert_allclose(s[:, 32], [-1.0, 1.0])
+    np.testing.assert_array_equal(s[:, 33:], 0.0)
+    np.testing.assert_allclose(s[:, :32], P.normalize_state(params.replace(config=cfg), obs["state"])[:, :32])
+    np.testing.assert_allclose(P.normalize_state(params, obs["state"], jnp.array([50, 100]))[:, 32], [-0.5, 0.0])
+    ids, _ = _ids(pcfg, BARE)
+    key = jax.random.key(1)
+    early = _sample(params, {**obs, "t": jnp.array([0, 0])}, ids, key)
+    late = _sample(params, {**obs, "t": jnp.array([150, 150])}, ids, key)
+    assert float(jnp.max(jnp.abs(early - late))) > 1e-4
+    with pytest.raises(ValueError, match="control step t"):
+        P.sample_actions(params, obs, ids, key)
+    with pytest.raises(ValueError, match="one control step per state"):
+        P.normalize_state(params, obs["state"], jnp.zeros((3,), jnp.int32))
+    batch = _batch(pcfg)
+    with pytest.raises(ValueError, match="control step t"):
+        P.policy_loss(params, batch, key)
+    loss, _ = P.policy_loss(params, {**batch, "t": jnp.array([0, 24])}, key)
+    assert bool(jnp.isfinite(loss))
+    with pytest.raises(ValueError, match="phase_steps"):
+        P.PolicyConfig(phase_steps=-1)
+    with pytest.raises(ValueError, match="padding slot"):
+        P.PolicyConfig(state_dim=36, phase_steps=10)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="context"):
         P.PolicyConfig(action_expert="tiny", encoder="small")

@@ -2,7 +2,8 @@
 
 A *window* is taken at each imaged step ``t = image_steps[q]`` of an episode:
 
-* ``image`` u8[H, W, 3] (the image of step t), ``state`` f32[32] (the state at t);
+* ``image`` u8[H, W, 3] (the image of step t), ``state`` f32[32] (the state at t), ``t`` i32[] (the
+  control step itself: the episode clock that a phase-conditioned policy reads);
 * ``actions`` f32[30, 36], the executed actions at t, t+1, ..., t+29; past the episode end they repeat
   the last action and ``action_mask`` bool[30] is False there;
 * ``prompt_ids`` i32[L] / ``prompt_mask`` bool[L]: the bare instruction, or — with a label annotation —
@@ -216,6 +217,7 @@ class WindowLoader:
         out = {
             "image": np.empty((b, *self.image_shape), np.uint8),
             "state": np.empty((b, STATE_DIM), np.float32),
+            "t": np.empty((b,), np.int32),
             "actions": np.empty((b, h, ACTION_DIM), np.float32),
             "action_mask": np.zeros((b, h), bool),
         }
@@ -226,6 +228,7 @@ class WindowLoader:
             t = int(ep.image_steps[q])
             out["image"][row] = ep.images[q]
             out["state"][row] = ep.states[t]
+            out["t"][row] = t
             out["actions"][row], out["action_mask"][row] = action_window(ep.actions, t, h)
             bare.append(ep.prompt)
             if self._format_prompt is not None:
