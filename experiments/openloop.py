@@ -76,9 +76,10 @@ def openloop(params, episodes, *, ta: int, samples: int = 4, seed: int = 0, batc
             pad = batch - b
             st = np.stack([w[3] for w in part] + [part[-1][3]] * pad)
             im = np.stack([w[4] for w in part] + [part[-1][4]] * pad)
+            t = np.array([w[2] for w in part] + [part[-1][2]] * pad, np.int32)
             ids = np.repeat(tok, batch, 0)
             key = jax.random.fold_in(jax.random.key(seed), s * 100_000 + start)
-            out = sample(params, {"state": st, "image": im}, ids, key)
+            out = sample(params, {"state": st, "image": im, "t": t}, ids, key)
             preds[s, start : start + b] = np.asarray(out)[:b]
     target = np.stack([w[5] for w in ws])
     mask = np.stack([w[6] for w in ws])
