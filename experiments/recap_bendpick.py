@@ -36,6 +36,18 @@ DEVIATIONS = (
 )
 
 
+def deviations(cfg: StudyConfig) -> list[str]:
+    """The study's deviations from the paper, including those its config opts into."""
+    out = list(DEVIATIONS)
+    phase = dict(cfg.policy).get("phase_steps", 0)
+    if phase:
+        out.append(
+            f"The policy also reads the episode clock (policy.phase_steps={phase}: the control step as a phase "
+            "input in a state padding slot); Ψ0 has no such input."
+        )
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Args:
     """RECAP-Ψ BendPick study.
@@ -107,7 +119,7 @@ def run_study(cfg: StudyConfig, out: Path) -> dict:
     results = dict(blocks[-1])
     results["provenance"] = {
         **prov,
-        "deviations": list(DEVIATIONS),
+        "deviations": deviations(cfg),
         "config": cfg.to_dict(),
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
     }

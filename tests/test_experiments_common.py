@@ -89,3 +89,12 @@ def test_seed_spread():
     assert row["pooled"]["successes"] == 4 and row["pooled"]["episodes"] == 20
     assert abs(agg["comparisons"]["high_vs_low"]["diff"]["mean"] - 0.1) < 1e-12
     assert "high_vs_low" in seeds.markdown(agg)
+
+
+def test_deviations_name_the_phase_input():
+    base = presets.SMOKE
+    plain = presets.override(base, policy=tuple(kv for kv in base.policy if kv[0] != "phase_steps"))
+    clocked = presets.override(base, policy=(*plain.policy, ("phase_steps", 216)))
+    assert len(recap_bendpick.deviations(clocked)) == len(recap_bendpick.deviations(plain)) + 1
+    assert "phase_steps=216" in recap_bendpick.deviations(clocked)[-1]
+    assert common.config_from_dict(clocked.to_dict()) == clocked
