@@ -1,14 +1,17 @@
 """Closed-loop rollouts of any policy in the batched env, entirely on device, in waves.
 
-One wave = N envs × ``episode_length`` control steps = Q = ceil(T / Ta) policy queries. The whole wave is
-one jitted program (``run_wave``): ``vmap(env.reset)``, then a ``lax.scan`` over the Q decision points; at
-each one every env is rendered once (``obs["image"]``; ``obs["t"]`` i32[N] is the control step), the
+One wave = N envs × ``episode_length`` control steps = Q = ceil(T / Ta) policy queries. A wave
+(``run_wave``) is two jitted programs, both on device: ``vmap(env.reset)`` (one program per env and wave
+size, shared by every policy), then the closed loop from those states, a ``lax.scan`` over the Q decision
+points; at each one every env is rendered once (``obs["image"]``; ``obs["t"]`` i32[N] is the control step), the
 policy is queried once (``act(params, obs, prompt_ids, key, *,
 beta) -> f32[B, H, 36]``), and an inner ``lax.scan`` executes the first Ta actions of the chunk with
 ``vmap(env.step)``. Finished envs are frozen (their state is kept) and their records masked on the host by
 ``n_steps``. ``params``, ``prompt_ids``, ``beta`` and the episode ids are traced arguments, so one
 compiled program serves every condition (checkpoint, prompt, β); only ``env``, ``act``, ``ta`` and
-``record`` are static.
+``record`` are static. Each program holds one copy of the MJX physics step (the reset's stand-stabilisation
+loop; the loop's control steps), which dominates its compile time: keeping the reset out of the loop
+program means a cold study compiles the reset once, not once per policy (expert, learned policy).
 
 Keys: episode ``i`` of namespace ``ns`` uses ``k_i = fold_in(fold_in(key(seed), ns), i)``; the env is reset
 with ``fold_in(k_i, 0)`` and decision point ``q`` draws policy noise from ``fold_in(fold_in(k_i, 1), q)``.
@@ -100,11 +103,20 @@ def _failure_cause(state) -> jax.Array:
     return cause.astype(jnp.int8)
 
 
-def _wave(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, key, ids, act_kwargs):
+def _episode_keys(key, ids):
+    """The episode keys ``k_i = fold_in(key, ids[i])`` [N]."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+
+
+def _reset(env, key, ids):
+    """``vmap(env.reset)`` of the wave's episodes, each reset with ``fold_in(k_i, 0)``."""
+    return jax.vmap(env.reset)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(_episode_keys(key, ids)))
+
+
+def _wave(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, key, ids, act_kwargs, state):
+    """The closed loop from the reset states ``state`` (batched over the wave's N envs)."""
     n_queries = -(-int(env.config.episode_length) // ta)
-    ep_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-    state = jax.vmap(env.reset)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(ep_keys))
-    pol_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(ep_keys)
+    pol_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_episode_keys(key, ids))
     body = functools.partial(_query_step, env, act, ta, record, params, prompt_ids, beta, act_kwargs, pol_keys)
     state, recs = jax.lax.scan(body, state, jnp.arange(n_queries))
     out = {
@@ -121,6 +133,11 @@ def _wave(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, key,
     return out
 
 
+# Two programs per wave: the reset (one per env and wave size, shared by every policy) and the closed loop
+# from the reset states (one per (env, act, ta, record)). Each holds one copy of the MJX physics step
+# (the reset's stand-stabilisation loop, the loop's control steps), so a cold study compiles the reset's
+# copy once instead of once per policy.
+_reset_jit = jax.jit(_reset, static_argnums=(0,))
 _wave_jit = jax.jit(_wave, static_argnums=(0, 1, 2, 3))
 
 
@@ -137,7 +154,7 @@ def run_wave(
     record: bool = True,
     act_kwargs: Mapping[str, jax.Array] | None = None,
 ) -> dict[str, jax.Array]:
-    """Runs N episodes closed-loop on device (one jitted program per (env, act, ta, record)).
+    """Runs N episodes closed-loop on device (a reset program per env, a loop program per (env, act, ta, record)).
 
     Args:
       env: a ``G1BendPick``-like env (single-env ``reset``/``step``/``render``), built with ``camera=False``.
@@ -166,7 +183,9 @@ def run_wave(
     if ids.ndim != 1 or prompt_ids.ndim != 2 or prompt_ids.shape[0] != ids.shape[0]:
         raise ValueError(f"need ids [N] and prompt_ids [N, L], got {ids.shape} and {prompt_ids.shape}")
     act_kwargs = {} if act_kwargs is None else dict(act_kwargs)
-    return _wave_jit(env, act, ta, record, params, prompt_ids, jnp.asarray(beta, jnp.float32), key, ids, act_kwargs)
+    state = _reset_jit(env, key, ids)
+    beta = jnp.asarray(beta, jnp.float32)
+    return _wave_jit(env, act, ta, record, params, prompt_ids, beta, key, ids, act_kwargs, state)
 
 
 @dataclasses.dataclass
