@@ -188,11 +188,12 @@ def override(cfg: StudyConfig, **changes: Any) -> StudyConfig:
 #   conditions x 1 = 8 waves = 13.8k env-steps (x10 physics substeps).
 #   training: SFT 120 + RECAP 60 + BC-all 60 steps at batch 16 (tiny expert + tiny encoder, 0.38 M params);
 #   value: 5 epochs over ~16 episodes x 9 decision points.
-#   compiled programs (persistent-cached, so a second run only loads them): the expert wave, the policy
-#   wave (one program: params, prompts and β are traced, so collection and all 5 conditions share it),
-#   the policy train steps, the value epoch/eval/predict.
-#   Measured (results/smoke/README.md, shared 2-core CPU): 234 s with a warm cache; 778-1053 s when the
-#   two env waves compile (~4-6 min each under load), so a first run on a fresh machine is ~13-18 min.
+#   compiled programs (persistent-cached, so a second run only loads them): the env reset (shared by
+#   both waves), the expert wave, the policy wave (one program: params, prompts and β are traced, so
+#   collection and all 5 conditions share it), the policy train steps, the value epoch/eval/predict.
+#   Measured (results/smoke/README.md, shared 2-core CPU): 234 s with a warm cache; 778-1053 s cold when
+#   each wave also compiled the reset (~4-6 min each under load); with the reset split out (2026-11-23)
+#   a cold run (empty cache) took 384 s at load average 2-6.
 SMOKE = StudyConfig(
     name="smoke",
     description="2-core CPU, <= 10 min with a warm compilation cache: tiny models, few episodes, every stage for real",
@@ -210,8 +211,8 @@ SMOKE = StudyConfig(
     budget=(
         "8 envs x 216 control steps: 8 waves (demos 1, collect 2, evaluate 5) = 13.8k env-steps; "
         "train steps: SFT 120 + RECAP 60 + BC-all 60 at batch 16; value 5 epochs; "
-        "~5 compiled programs (expert wave, policy wave shared by collection and all conditions, policy train "
-        "step, value train/eval), persistent-cached"
+        "~6 compiled programs (env reset, expert wave, policy wave shared by collection and all conditions, "
+        "policy train step, value train/eval), persistent-cached"
     ),
 )
 
