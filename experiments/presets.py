@@ -45,6 +45,10 @@ class DemoSettings:
     num_envs: int = 100
     expert_noise: float = 0.0  # the expert's noise knob; > 0 lowers demo quality (headroom)
     successful_only: bool = True  # the paper's SFT set is 100 all-successful demos
+    # DART-style coverage: the noised expert (expert_noise) drives, the clean expert's chunk from the same
+    # observation is recorded as the action label (envs.g1.expert.dart_act). False: the noised actions are
+    # recorded (mixed-quality demos).
+    dart: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ def _expert(cfg: StudyConfig):
     expert = common.require("envs.g1.expert", "env (scripted expert)")
     level = cfg.demos.expert_noise
     params = expert.noisy_config(level, seed=cfg.seed) if level > 0 else expert.default_config()
+    if cfg.demos.dart:
+        if level <= 0:
+            raise ValueError("demos.dart needs demos.expert_noise > 0 (the noise that drives the robot off-path)")
+        return expert.dart_act, params
     return expert.expert_act, params
 
 
@@ -53,7 +57,11 @@ def collect_demos(cfg: StudyConfig, out: Path) -> dict:
             first_id=DEMO_ID_OFFSET + tried,
             num_envs=per_wave,
             ta=cfg.env.replan_every,
-            tags={"kind": "demo", "policy": f"expert(noise={cfg.demos.expert_noise})", "iteration": 0},
+            tags={
+                "kind": "demo",
+                "policy": f"expert(noise={cfg.demos.expert_noise}{', dart' if cfg.demos.dart else ''})",
+                "iteration": 0,
+            },
         )
         tried += n
         eps = raw.load()

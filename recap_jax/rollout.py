@@ -66,8 +66,8 @@ def _act_one(act: ActFn, params, obs, prompt_ids, key, beta, act_kwargs):
     """Calls the batched policy on one env (batch of 1) so that every env has its own key."""
     add = lambda x: x[None]
     kwargs = jax.tree.map(add, act_kwargs)
-    chunk = act(params, jax.tree.map(add, obs), prompt_ids[None], key, beta=beta, **kwargs)
-    return chunk[0]
+    out = act(params, jax.tree.map(add, obs), prompt_ids[None], key, beta=beta, **kwargs)
+    return jax.tree.map(lambda x: x[0], out)
 
 
 def _query_step(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, act_kwargs, pol_keys, carry, q):
@@ -76,23 +76,26 @@ def _query_step(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta
     image = jax.vmap(env.render)(state)
     obs = {**state.obs, "image": image, "t": state.info["step"]}  # t: i32[N] control step (episode clock)
     keys = jax.vmap(lambda k: jax.random.fold_in(k, q))(pol_keys)
-    chunk = jax.vmap(functools.partial(_act_one, act), in_axes=(None, 0, 0, 0, None, 0))(
+    out = jax.vmap(functools.partial(_act_one, act), in_axes=(None, 0, 0, 0, None, 0))(
         params, obs, prompt_ids, keys, beta, act_kwargs
     )
-    if chunk.ndim != 3 or chunk.shape[1] < ta or chunk.shape[2] != env.action_size:
-        raise ValueError(f"act must return f32[B, H >= {ta}, {env.action_size}], got {chunk.shape}")
-    state, (states, actions) = jax.lax.scan(
-        functools.partial(_control_step, env), state, jnp.swapaxes(chunk[:, :ta].astype(jnp.float32), 0, 1)
-    )
+    chunk, label = out if isinstance(out, tuple) else (out, out)
+    for c in (chunk, label):
+        if c.ndim != 3 or c.shape[1] < ta or c.shape[2] != env.action_size:
+            raise ValueError(f"act must return f32[B, H >= {ta}, {env.action_size}] (or a pair of them), got {c.shape}")
+    steps_in = jax.tree.map(lambda c: jnp.swapaxes(c[:, :ta].astype(jnp.float32), 0, 1), (chunk, label))
+    state, (states, actions) = jax.lax.scan(functools.partial(_control_step, env), state, steps_in)
     out = (image, states, actions) if record else ()
     return state, out
 
 
-def _control_step(env, state, action):
-    """One control step of all envs; done envs keep their state. Records (state before, action)."""
+def _control_step(env, state, action_label):
+    """One control step of all envs; done envs keep their state. Executes ``action``, records (state before,
+    ``label``): the same action, or the label chunk of an ``act`` that returns (execute, label)."""
+    action, label = action_label
     new = jax.vmap(env.step)(state, action)
     new = _where_tree(state.done > 0, state, new)
-    return new, (state.obs["state"], action)
+    return new, (state.obs["state"], label)
 
 
 def _failure_cause(state) -> jax.Array:
@@ -159,7 +162,9 @@ def run_wave(
     Args:
       env: a ``G1BendPick``-like env (single-env ``reset``/``step``/``render``), built with ``camera=False``.
       act: the policy, ``act(params, obs, prompt_ids, key, *, beta, **act_kwargs) -> f32[B, H, 36]``; pass the
-        same function object every call (it is a static argument).
+        same function object every call (it is a static argument). It may instead return a pair
+        ``(execute, label)`` of such chunks: the env executes ``execute`` and the records hold ``label``
+        (DART-style data: a noised expert drives, the clean expert labels; see ``envs.g1.expert.dart_act``).
       params: any pytree (traced).
       prompt_ids: int32 [N, L] token ids (traced).
       beta: float scalar (traced).

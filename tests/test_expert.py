@@ -72,6 +72,10 @@ def test_expert_act_interface():
     np.testing.assert_array_equal(out[..., C.A_UNSUPPORTED], 0.0)
     noisy = act(E.noisy_config(1.0), obs, None, jax.random.PRNGKey(0))
     assert float(jnp.abs(noisy - out)[..., C.S_RIGHT_ARM].mean()) > 0.05
+    # DART: the noised chunk drives, the clean expert's chunk from the same observation is the label.
+    run, label = jax.jit(E.dart_act)(E.noisy_config(1.0), obs, None, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(run, noisy, atol=1e-5)
+    np.testing.assert_allclose(label, out, atol=1e-5)
     with pytest.raises(ValueError, match="privileged"):
         E.expert_act(params, {"state": obs["state"]}, None, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="noise level"):

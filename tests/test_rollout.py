@@ -257,3 +257,22 @@ def test_loader_windows_are_what_the_policy_saw_and_did(env, collected):
                     break
                 state = env.step(state, chunk[j])
     assert checked >= 6
+
+
+def test_paired_act_executes_one_chunk_and_records_the_other(env):
+    """act -> (execute, label): the trajectory is the executed chunk's, the recorded actions the label's
+    (DART-style demos: a noised expert drives, the clean one labels)."""
+
+    def paired(params, obs, prompt_ids, key, *, beta=1.0):
+        run = fake_act(params, obs, prompt_ids, key, beta=beta)
+        return run, run + 100.0
+
+    ids = np.arange(4, dtype=np.int32)
+    rows = np.broadcast_to(ByteTokenizer().encode(PROMPT)[0], (4, 64))
+    key = jax.random.fold_in(jax.random.key(0), rollout.COLLECT)
+    ref = jax.device_get(rollout.run_wave(env, fake_act, PARAMS, rows, 1.0, key, ids, ta=TA))
+    out = jax.device_get(rollout.run_wave(env, paired, PARAMS, rows, 1.0, key, ids, ta=TA))
+    np.testing.assert_array_equal(out["n_steps"], ref["n_steps"])
+    np.testing.assert_array_equal(out["states"], ref["states"])
+    for i, n in enumerate(out["n_steps"]):
+        np.testing.assert_allclose(out["actions"][i, :n], ref["actions"][i, :n] + 100.0, rtol=1e-6)

@@ -248,6 +248,23 @@ def expert_act(
     return jax.vmap(_plan_one, in_axes=(None, 0, 0))(params, obs, keys)
 
 
+def dart_act(
+    params: ExpertConfig, obs: dict, prompt_ids: jax.Array, key: jax.Array, *, beta: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """DART-style demonstrations (Laskey et al., 2017): (noised chunk to execute, clean chunk to record).
+
+    The noised expert (``params``, its ``noise_level``) drives the robot off the clean expert's path; the
+    label is what the clean expert (``noise_level = 0``) commands from the *same* observation, so the
+    data covers perturbed states with corrective actions. The expert is closed-loop (IK against the
+    measured pelvis and box) and keyed to the control step, so its clean chunk from a perturbed state is a
+    recovery. Both f32[B, 30, 36]; use with ``recap_jax.rollout`` (which executes the first and records
+    the second).
+    """
+    noisy = expert_act(params, obs, prompt_ids, key, beta=beta)
+    clean = expert_act(params.replace(noise_level=jnp.zeros_like(params.noise_level)), obs, prompt_ids, key)
+    return noisy, clean
+
+
 def hand_closed_targets() -> np.ndarray:
     """f32[7] the closed right-hand targets (Psi0 state order)."""
     return np.asarray(HAND_CLOSED, np.float32)
