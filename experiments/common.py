@@ -245,7 +245,7 @@ class StageArgs:
 
     Attributes:
       out: the run directory (created; its config.json pins the preset for every later stage).
-      preset: smoke | gpu | paper (default: the run directory's, else smoke).
+      preset: smoke | cpu | gpu | paper (default: the run directory's, else smoke).
       seed: the study seed (default: the preset's).
     """
 

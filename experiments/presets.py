@@ -1,9 +1,11 @@
 """Named, frozen configurations of the RECAP-Ψ BendPick study.
 
-Three presets, one per scale:
+Four presets, one per scale:
 
 * ``smoke`` — every stage for real on a 2-core CPU in at most ~10 minutes (tiny models, a few
   batched episodes, a short episode limit). Default of ``python -m experiments.recap_bendpick``.
+* ``cpu``   — smoke's shapes, trained long enough for headroom (DART demos, the episode clock, SFT
+  screened for the 25-60% band) on a 2-core CPU in about 20 minutes.
 * ``gpu``   — each stage within the device machine's 10-minute command limit, the whole study in
   about 20 minutes on one H100, large enough for the conditions to separate.
 * ``paper`` — the paper's settings (RECAP-Ψ, Sec. 3-4 and App. B): 100 demos, SFT 20k/40k steps,
@@ -198,14 +200,17 @@ def override(cfg: StudyConfig, **changes: Any) -> StudyConfig:
 #   Measured (results/smoke/README.md, shared 2-core CPU): 234 s with a warm cache; 778-1053 s cold when
 #   each wave also compiled the reset (~4-6 min each under load); with the reset split out (2026-11-23)
 #   a cold run (empty cache) took 384 s at load average 2-6.
+#   Demos are DART-style (noise 0.3 drives, the clean expert labels; ~85% succeed, so 2 waves find 8
+#   successes) and the policy reads the episode clock: the same programs as the `cpu` preset, which
+#   trains long enough for headroom.
 SMOKE = StudyConfig(
     name="smoke",
     description="2-core CPU, <= 10 min with a warm compilation cache: tiny models, few episodes, every stage for real",
     seed=0,
     env=EnvSettings(episode_length=216, image_size=(48, 80), randomization_level=0, replan_every=24),
-    policy=(("action_expert", "tiny"), ("encoder", "tiny")),
+    policy=(("action_expert", "tiny"), ("encoder", "tiny"), ("phase_steps", 216)),
     value=(("backbone", "cnn"), ("cnn_channels", (8, 16))),
-    demos=DemoSettings(num_demos=8, num_envs=8, expert_noise=0.0),
+    demos=DemoSettings(num_demos=8, num_envs=8, expert_noise=0.3, dart=True),
     sft=SFTSettings(steps=120, init_step=60, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=20),
     collect=CollectSettings(episodes=16, num_envs=8),
     value_training=ValueSettings(epochs=5, batch_size=64),
@@ -213,10 +218,47 @@ SMOKE = StudyConfig(
     finetune=FinetuneSettings(steps=60, batch_size=16, learning_rate=3e-4, warmup_steps=5, log_every=20),
     evaluate=EvalSettings(episodes=8, num_envs=8, gif_episodes=2),
     budget=(
-        "8 envs x 216 control steps: 8 waves (demos 1, collect 2, evaluate 5) = 13.8k env-steps; "
+        "8 envs x 216 control steps: 9 waves (demos 2, collect 2, evaluate 5) = 15.6k env-steps; "
         "train steps: SFT 120 + RECAP 60 + BC-all 60 at batch 16; value 5 epochs; "
         "~6 compiled programs (env reset, expert wave, policy wave shared by collection and all conditions, "
         "policy train step, value train/eval), persistent-cached"
+    ),
+)
+
+# ---- cpu: the smoke shapes, trained long enough for headroom, on a 2-core CPU in ~20 minutes -------------
+# Measured on CPU (runs/dart, 2026-11-23; tiny policy, 32 demos, lr 2e-3, batch 16, 16 held-out episodes):
+# clean demos + no clock: 0/8 after 2.4k steps (the hand closes early, then the policy is lost off-path);
+# clean demos + clock: 0/16 after 4k steps (open-loop fit better than the time-indexed mean chunk, but
+# closed-loop states leave the demos' path); DART demos (noise 0.3) + clock: 4/16 after 2k steps and
+# 14/16 after 4k. Screening SFT@1000-3000 picks the checkpoint in the 25-60% band.
+# Budget: waves of 8 envs x 216 steps: demos ~5, screening 4 x 1, collection 4, evaluation 5 x 4 = ~33
+# waves (~15 s each warm); SFT 3000 + RECAP 500 + BC-all 500 steps at batch 16 (~12 steps/s); value 10
+# epochs. Same compiled programs as `smoke` (shapes and policies are identical).
+CPU = StudyConfig(
+    name="cpu",
+    description="2-core CPU, ~20 min: smoke's shapes with DART demos, the episode clock and enough SFT for headroom",
+    seed=0,
+    env=SMOKE.env,
+    policy=SMOKE.policy,
+    value=SMOKE.value,
+    demos=DemoSettings(num_demos=32, num_envs=8, expert_noise=0.3, dart=True),
+    sft=SFTSettings(
+        steps=3_000,
+        init_step=2_000,
+        candidate_steps=(1_000, 1_500, 2_500, 3_000),
+        batch_size=16,
+        learning_rate=2e-3,
+        warmup_steps=50,
+        log_every=100,
+    ),
+    collect=CollectSettings(episodes=32, num_envs=8, screen_episodes=8),
+    value_training=ValueSettings(epochs=10, batch_size=64),
+    labels=LabelSettings(positive_fraction=0.3),
+    finetune=FinetuneSettings(steps=500, batch_size=16, learning_rate=3e-4, warmup_steps=20, log_every=50),
+    evaluate=EvalSettings(episodes=32, num_envs=8, gif_episodes=2),
+    budget=(
+        "8 envs x 216 control steps: ~33 waves (demos ~5, screening 5, collect 4, evaluate 5 x 4); "
+        "SFT 3000 + RECAP 500 + BC-all 500 steps at batch 16; value 10 epochs; smoke's compiled programs"
     ),
 )
 
@@ -275,7 +317,7 @@ PAPER = StudyConfig(
     budget="paper scale: SFT 40k + RECAP 40k + BC-all 40k steps at batch 128; 500 + 5x500 episodes of 600 steps",
 )
 
-PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, GPU, PAPER)}
+PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, CPU, GPU, PAPER)}
 
 
 def get_preset(name: str) -> StudyConfig:

@@ -21,7 +21,7 @@ from experiments import common, recap_bendpick, report
 class Args:
     """Attributes:
     out: parent directory (one run directory per seed below it).
-    preset: smoke | gpu | paper.
+    preset: smoke | cpu | gpu | paper.
     seeds: study seeds.
     """
 

@@ -10,12 +10,23 @@ from experiments import presets
 
 
 def test_presets_are_frozen_and_named():
-    assert set(presets.PRESETS) == {"smoke", "gpu", "paper"}
+    assert set(presets.PRESETS) == {"smoke", "cpu", "gpu", "paper"}
     for name, cfg in presets.PRESETS.items():
         assert cfg.name == name and cfg.budget
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.seed = 1  # type: ignore[misc]
         assert cfg.to_dict()["name"] == name
+
+
+def test_cpu_preset_shares_smokes_compiled_programs():
+    """cpu differs from smoke only in counts and optimiser settings, so the env, policy and value programs
+    (keyed by shapes and static configs) compiled by one serve the other."""
+    smoke, cpu = presets.get_preset("smoke"), presets.get_preset("cpu")
+    assert (cpu.env, cpu.policy, cpu.value) == (smoke.env, smoke.policy, smoke.value)
+    assert cpu.demos.num_envs == cpu.collect.num_envs == cpu.evaluate.num_envs == smoke.evaluate.num_envs
+    assert (cpu.demos.dart, cpu.demos.expert_noise) == (smoke.demos.dart, smoke.demos.expert_noise)
+    assert cpu.sft.batch_size == cpu.finetune.batch_size == smoke.sft.batch_size
+    assert cpu.collect.screen_episodes > 0 and len(cpu.sft.candidate_steps) >= 3
 
 
 def test_paper_preset_matches_paper():
