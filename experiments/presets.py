@@ -264,8 +264,8 @@ CPU = StudyConfig(
 
 # ---- gpu: each stage <= 10 min, the whole study ~15 min on one H100 --------------------------------
 # Budget arithmetic (one H100, MJX on GPU is step-latency bound up to ~1K envs: a 400-step wave costs
-# about the same at 128 or 512 envs): env waves of 400 control steps: demos 1 (128 envs), screening
-# 3 x 64, collection 1 x 512, evaluation 5 conditions x 1 x 512 = 10 waves; training: SFT 5k + RECAP 4k
+# about the same at 128 or 512 envs): env waves of 400 control steps: demos ~2 (128 envs), screening
+# 3 x 64, collection 1 x 512, evaluation 5 conditions x 1 x 512 = 11 waves; training: SFT 5k + RECAP 4k
 # + BC-all 4k steps at batch 64 on the small policy (43 M parameters, ~20-30 ms per step); value 30
 # epochs; ~6 compiled programs (expert wave, policy waves at 64 and 512 envs, train step, value steps).
 GPU = StudyConfig(
@@ -273,9 +273,11 @@ GPU = StudyConfig(
     description="one H100: each stage within 10 min, whole study ~15 min; 512 evaluation episodes per condition",
     seed=0,
     env=EnvSettings(episode_length=400, image_size=(96, 160), randomization_level=1, replan_every=24),
-    policy=(("action_expert", "small"), ("encoder", "small")),
+    policy=(("action_expert", "small"), ("encoder", "small"), ("phase_steps", 400)),
     value=(("backbone", "cnn"), ("cnn_channels", (32, 64, 128, 128))),
-    demos=DemoSettings(num_demos=128, num_envs=128, expert_noise=0.0),
+    # DART demos and the clock: without them the first H100 run (clean demos, commit 0305770) had no
+    # headroom (SFT 1.6-3.1%); with them the tiny CPU policy reached 25-88% (see the `cpu` preset).
+    demos=DemoSettings(num_demos=128, num_envs=128, expert_noise=0.3, dart=True),
     sft=SFTSettings(
         steps=5_000,
         init_step=2_500,
@@ -291,7 +293,7 @@ GPU = StudyConfig(
     finetune=FinetuneSettings(steps=4_000, batch_size=64, learning_rate=1e-4, warmup_steps=200, log_every=250),
     evaluate=EvalSettings(episodes=512, num_envs=512, gif_episodes=2),
     budget=(
-        "400-step waves: demos 1 x 128 envs, screening 3 x 64, collection 1 x 512, evaluation 5 x 512; "
+        "400-step waves: demos ~2 x 128 envs (DART), screening 3 x 64, collection 1 x 512, evaluation 5 x 512; "
         "SFT 5k and RECAP/BC-all 4k steps each at batch 64 on the 43 M-parameter small policy; value 30 epochs"
     ),
 )
