@@ -229,8 +229,9 @@ SMOKE = StudyConfig(
 # Measured on CPU (runs/dart, 2026-11-23; tiny policy, 32 demos, lr 2e-3, batch 16, 16 held-out episodes):
 # clean demos + no clock: 0/8 after 2.4k steps (the hand closes early, then the policy is lost off-path);
 # clean demos + clock: 0/16 after 4k steps (open-loop fit better than the time-indexed mean chunk, but
-# closed-loop states leave the demos' path); DART demos (noise 0.3) + clock: 4/16 after 2k steps and
-# 14/16 after 4k. Screening SFT@1000-3000 picks the checkpoint in the 25-60% band.
+# closed-loop states leave the demos' path); DART demos (noise 0.3) without the clock: 0/16 after 2k
+# steps, 10/16 after 4k; DART + clock: 4/16 after 2k and 14/16 after 4k. Screening SFT@1000-3000
+# picks the checkpoint in the 25-60% band.
 # Budget: waves of 8 envs x 216 steps: demos ~5, screening 4 x 1, collection 4, evaluation 5 x 4 = ~33
 # waves (~15 s each warm); SFT 3000 + RECAP 500 + BC-all 500 steps at batch 16 (~12 steps/s); value 10
 # epochs. Same compiled programs as `smoke` (shapes and policies are identical).
