@@ -154,6 +154,8 @@ class StudyConfig:
             raise ValueError(f"labels.positive_fraction must be in (0, 1), got {self.labels.positive_fraction}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.demos.dart and self.demos.expert_noise <= 0.0:
+            raise ValueError("demos.dart needs demos.expert_noise > 0 (the noise that drives the robot off-path)")
 
     def env_steps(self) -> dict[str, int]:
         """Upper bound on control steps simulated per stage (episodes × episode limit)."""

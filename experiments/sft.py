@@ -25,11 +25,7 @@ def _expert(cfg: StudyConfig):
     expert = common.require("envs.g1.expert", "env (scripted expert)")
     level = cfg.demos.expert_noise
     params = expert.noisy_config(level, seed=cfg.seed) if level > 0 else expert.default_config()
-    if cfg.demos.dart:
-        if level <= 0:
-            raise ValueError("demos.dart needs demos.expert_noise > 0 (the noise that drives the robot off-path)")
-        return expert.dart_act, params
-    return expert.expert_act, params
+    return (expert.dart_act if cfg.demos.dart else expert.expert_act), params
 
 
 def collect_demos(cfg: StudyConfig, out: Path) -> dict:

@@ -3,9 +3,9 @@
 One wave = N envs × ``episode_length`` control steps = Q = ceil(T / Ta) policy queries. A wave
 (``run_wave``) is two jitted programs, both on device: ``vmap(env.reset)`` (one program per env and wave
 size, shared by every policy), then the closed loop from those states, a ``lax.scan`` over the Q decision
-points; at each one every env is rendered once (``obs["image"]``; ``obs["t"]`` i32[N] is the control step), the
-policy is queried once (``act(params, obs, prompt_ids, key, *,
-beta) -> f32[B, H, 36]``), and an inner ``lax.scan`` executes the first Ta actions of the chunk with
+points; at each one every env is rendered once (``obs["image"]``; ``obs["t"]`` i32[N] is the control
+step), the policy is queried once (``act(params, obs, prompt_ids, key, *, beta) -> f32[B, H, 36]``), and
+an inner ``lax.scan`` executes the first Ta actions of the chunk with
 ``vmap(env.step)``. Finished envs are frozen (their state is kept) and their records masked on the host by
 ``n_steps``. ``params``, ``prompt_ids``, ``beta`` and the episode ids are traced arguments, so one
 compiled program serves every condition (checkpoint, prompt, β); only ``env``, ``act``, ``ta`` and
@@ -136,10 +136,7 @@ def _wave(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, key,
     return out
 
 
-# Two programs per wave: the reset (one per env and wave size, shared by every policy) and the closed loop
-# from the reset states (one per (env, act, ta, record)). Each holds one copy of the MJX physics step
-# (the reset's stand-stabilisation loop, the loop's control steps), so a cold study compiles the reset's
-# copy once instead of once per policy.
+# The wave's two programs (see the module docstring for why the reset is its own).
 _reset_jit = jax.jit(_reset, static_argnums=(0,))
 _wave_jit = jax.jit(_wave, static_argnums=(0, 1, 2, 3))
 

@@ -49,6 +49,8 @@ def test_override_and_validation():
     cfg = presets.override(presets.get_preset("smoke"), **{"sft.steps": 40, "sft.init_step": 20, "seed": 5})
     assert (cfg.sft.steps, cfg.sft.init_step, cfg.seed) == (40, 20, 5)
     assert presets.get_preset("smoke").sft.steps != 40  # the preset itself is untouched
+    with pytest.raises(ValueError, match=r"demos\.dart needs demos\.expert_noise"):
+        presets.override(cfg, **{"demos.expert_noise": 0.0})
     with pytest.raises(ValueError, match="init_step"):
         presets.override(cfg, **{"sft.init_step": 100})
     with pytest.raises(ValueError, match="indicator_dropout"):
