@@ -1,11 +1,13 @@
 """Named, frozen configurations of the RECAP-Ψ BendPick study.
 
-Four presets, one per scale:
+Five presets, one per scale:
 
 * ``smoke`` — every stage for real on a 2-core CPU in at most ~10 minutes (tiny models, a few
   batched episodes, a short episode limit). Default of ``python -m experiments.recap_bendpick``.
 * ``cpu``   — smoke's shapes, trained long enough for headroom (DART demos, the episode clock, SFT
   screened for the 25-60% band) on a 2-core CPU in about 20 minutes.
+* ``cpu_long`` — the ``cpu`` preset with 128 rollouts and 192 paired evaluation episodes per
+  condition, so that a ~10-point difference is resolvable on a 2-core CPU (about an hour).
 * ``gpu``   — each stage within the device machine's 10-minute command limit, the whole study in
   about 20 minutes on one H100, large enough for the conditions to separate.
 * ``paper`` — the paper's settings (RECAP-Ψ, Sec. 3-4 and App. B): 100 demos, SFT 20k/40k steps,
@@ -265,6 +267,35 @@ CPU = StudyConfig(
     ),
 )
 
+# ---- cpu_long: the cpu preset at a size where a difference of ~10 points is resolvable -------------------
+# The `cpu` run (results/cpu) had headroom but 32 episodes per condition: a difference's 95% CI was
+# about +-23 points, wider than the paper's effects (+9.3, +12.6). This preset keeps cpu's env, policy,
+# demos and SFT (so its compiled programs and its SFT screen are the same) and grows what decides the
+# comparison: 128 rollouts (the value function's held-out split gets ~13 episodes), 1500 fine-tuning
+# steps, and 192 paired evaluation episodes per condition (diff CI about +-9.5 points at p ~ 0.35).
+# Budget (8-env waves of 216 steps, ~17 s warm on 2 idle cores): demos ~5, screening 5 x 2, collection
+# 16, evaluation 5 x 24 = ~151 waves (~43 min); SFT 3000 (~3.6 min) + RECAP 1500 + BC-all 1500 steps
+# (~2 min each) at batch 16; value 20 epochs. About 55 min on an idle 2-core CPU, plus compilation.
+CPU_LONG = StudyConfig(
+    name="cpu_long",
+    description="2-core CPU, ~1 h: the cpu preset with 128 rollouts and 192 paired evaluation episodes per condition",
+    seed=0,
+    env=CPU.env,
+    policy=CPU.policy,
+    value=CPU.value,
+    demos=CPU.demos,
+    sft=CPU.sft,
+    collect=CollectSettings(episodes=128, num_envs=8, screen_episodes=16),
+    value_training=ValueSettings(epochs=20, batch_size=64),
+    labels=LabelSettings(positive_fraction=0.3),
+    finetune=FinetuneSettings(steps=1_500, batch_size=16, learning_rate=3e-4, warmup_steps=50, log_every=100),
+    evaluate=EvalSettings(episodes=192, num_envs=8, gif_episodes=2),
+    budget=(
+        "8 envs x 216 control steps: ~151 waves (demos ~5, screening 5 x 2, collect 16, evaluate 5 x 24); "
+        "SFT 3000 + RECAP 1500 + BC-all 1500 steps at batch 16; value 20 epochs; smoke's compiled programs"
+    ),
+)
+
 # ---- gpu: each stage <= 10 min, the whole study ~15 min on one H100 --------------------------------
 # Budget arithmetic (one H100, MJX on GPU is step-latency bound up to ~1K envs: a 400-step wave costs
 # about the same at 128 or 512 envs): env waves of 400 control steps: demos ~2 (128 envs), screening
@@ -322,7 +353,7 @@ PAPER = StudyConfig(
     budget="paper scale: SFT 40k + RECAP 40k + BC-all 40k steps at batch 128; 500 + 5x500 episodes of 600 steps",
 )
 
-PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, CPU, GPU, PAPER)}
+PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, CPU, CPU_LONG, GPU, PAPER)}
 
 
 def get_preset(name: str) -> StudyConfig:

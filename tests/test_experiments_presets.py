@@ -10,7 +10,7 @@ from experiments import presets
 
 
 def test_presets_are_frozen_and_named():
-    assert set(presets.PRESETS) == {"smoke", "cpu", "gpu", "paper"}
+    assert set(presets.PRESETS) == {"smoke", "cpu", "cpu_long", "gpu", "paper"}
     for name, cfg in presets.PRESETS.items():
         assert cfg.name == name and cfg.budget
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -21,7 +21,12 @@ def test_presets_are_frozen_and_named():
 def test_cpu_preset_shares_smokes_compiled_programs():
     """cpu differs from smoke only in counts and optimiser settings, so the env, policy and value programs
     (keyed by shapes and static configs) compiled by one serve the other."""
-    smoke, cpu = presets.get_preset("smoke"), presets.get_preset("cpu")
+    smoke = presets.get_preset("smoke")
+    for cpu in (presets.get_preset("cpu"), presets.get_preset("cpu_long")):
+        _assert_shares_programs(smoke, cpu)
+
+
+def _assert_shares_programs(smoke, cpu):
     assert (cpu.env, cpu.policy, cpu.value) == (smoke.env, smoke.policy, smoke.value)
     assert cpu.demos.num_envs == cpu.collect.num_envs == cpu.evaluate.num_envs == smoke.evaluate.num_envs
     assert (cpu.demos.dart, cpu.demos.expert_noise) == (smoke.demos.dart, smoke.demos.expert_noise)
