@@ -45,6 +45,12 @@ def deviations(cfg: StudyConfig) -> list[str]:
             f"The policy also reads the episode clock (policy.phase_steps={phase}: the control step as a phase "
             "input in a state padding slot); Ψ0 has no such input."
         )
+    if cfg.demos.dart:
+        out.append(
+            f"SFT demos are DART-style (demos.dart): the scripted expert with noise {cfg.demos.expert_noise} drives "
+            "the robot and the clean expert's chunk from the same observation is recorded as the action; the "
+            "paper's demos are the expert's own clean actions."
+        )
     return out
 
 

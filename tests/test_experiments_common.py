@@ -96,5 +96,13 @@ def test_deviations_name_the_phase_input():
     plain = presets.override(base, policy=tuple(kv for kv in base.policy if kv[0] != "phase_steps"))
     clocked = presets.override(base, policy=(*plain.policy, ("phase_steps", 216)))
     assert len(recap_bendpick.deviations(clocked)) == len(recap_bendpick.deviations(plain)) + 1
-    assert "phase_steps=216" in recap_bendpick.deviations(clocked)[-1]
+    assert sum("phase_steps=216" in line for line in recap_bendpick.deviations(clocked)) == 1
     assert common.config_from_dict(clocked.to_dict()) == clocked
+
+
+def test_deviations_name_dart_demos():
+    dart = presets.SMOKE
+    clean = presets.override(dart, **{"demos.dart": False})
+    assert len(recap_bendpick.deviations(dart)) == len(recap_bendpick.deviations(clean)) + 1
+    assert "DART" in recap_bendpick.deviations(dart)[-1] and "0.3" in recap_bendpick.deviations(dart)[-1]
+    assert not any("DART" in line for line in recap_bendpick.deviations(clean))
