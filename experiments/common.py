@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments.presets import StudyConfig, get_preset
+from experiments.presets import PRESETS, StudyConfig, get_preset
 
 MARKER = "stage.json"
 
@@ -69,7 +69,7 @@ def _jsonable(obj: Any) -> Any:
 
 def config_from_dict(d: Mapping[str, Any]) -> StudyConfig:
     """Rebuilds a StudyConfig from its ``to_dict()`` form (tuples restored)."""
-    base = get_preset(d["name"]) if d.get("name") in ("smoke", "gpu", "paper") else get_preset("smoke")
+    base = get_preset(d["name"]) if d.get("name") in PRESETS else get_preset("smoke")
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(StudyConfig):
         if f.name not in d:

@@ -34,6 +34,16 @@ def _assert_shares_programs(smoke, cpu):
     assert cpu.collect.screen_episodes > 0 and len(cpu.sft.candidate_steps) >= 3
 
 
+def test_gpu_preset_is_the_cpu_recipe_at_scale():
+    """gpu runs the recipe that has headroom on CPU, with every wave at one env count (one reset, one expert
+    and one policy program to compile) and enough paired episodes for a ~6-point CI on a difference."""
+    cpu, gpu = presets.get_preset("cpu"), presets.get_preset("gpu")
+    assert (gpu.env, gpu.policy, gpu.value, gpu.sft) == (cpu.env, cpu.policy, cpu.value, cpu.sft)
+    assert (gpu.demos.dart, gpu.demos.expert_noise, gpu.demos.num_demos) == (True, 0.3, cpu.demos.num_demos)
+    assert gpu.demos.num_envs == gpu.collect.num_envs == gpu.evaluate.num_envs == gpu.collect.screen_episodes
+    assert gpu.collect.episodes >= 500 and gpu.evaluate.episodes >= 500
+
+
 def test_paper_preset_matches_paper():
     p = presets.get_preset("paper")
     assert p.demos.num_demos == 100

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One device call that runs the `gpu` study (resumable) and then, with the time left, a physics sweep.
+# Sized for a session's 15 device-minutes: one call of at most ~580 s after the machine starts.
+#
+# Here, first:   bash experiments/device/fetch_wheels.sh          (cp312 wheels into .whl/, ~34 MB)
+# Device call:   run(command="bash experiments/device/gpu_session.sh", carry=[".whl"], timeout_s=600)
+# A second call on the still-warm machine (within its 30 s idle window) resumes the study where it stopped
+# (runs/ is kept on a warm machine); a fresh machine starts over.
+#
+# Knobs (environment): PRESET (gpu), STUDY_S (study limit, 480), TOTAL_S (whole call, 570), SWEEP_ARGS
+# (arguments of benchmarks.env_throughput for the sweep after the study; empty: no sweep), RUN_DIR
+# (runs/$PRESET). Everything worth keeping is copied to $OUT (at most 8 files come back).
+set -u
+cd "$(dirname "$0")/../.."
+T0=$(date +%s)
+PRESET=${PRESET:-gpu}
+STUDY_S=${STUDY_S:-480}
+TOTAL_S=${TOTAL_S:-570}
+RUN_DIR=${RUN_DIR:-runs/$PRESET}
+OUT=${OUT:-runs/device_out}
+mkdir -p "$OUT" "$RUN_DIR"
+export PYTHONUNBUFFERED=1
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/recap_jax_cache}
+if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 3; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+PY=${PY:-python3}
+{
+  echo "== $(date -u +%FT%TZ) preset=$PRESET commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+  $PY -c "import jax, flax, mujoco; from mujoco import mjx; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'mujoco', mujoco.__version__)"
+} 2>&1 | tee -a "$OUT/study.log"
+
+# The study: stages already done in RUN_DIR are skipped; progress bars are dropped from the log.
+timeout -k 15 "$STUDY_S" $PY -m experiments.recap_bendpick --preset "$PRESET" --out "$RUN_DIR" 2>&1 \
+  | tr '\r' '\n' | grep -v -E '(ep/s|it/s|s/it|s/ep)' | tee -a "$OUT/study.log"
+RC=${PIPESTATUS[0]}
+echo "== study rc=$RC after $(( $(date +%s) - T0 )) s" | tee -a "$OUT/study.log"
+
+# Results (small files only: no checkpoints or episode stores) in one archive.
+tar -czf "$OUT/${PRESET}_results.tar.gz" --exclude='*/checkpoints' --exclude='*/store' --exclude='rollouts' \
+  --exclude='*.npz' --exclude='*/raw' -C "$(dirname "$RUN_DIR")" "$(basename "$RUN_DIR")" 2>/dev/null
+for f in results.json table1.md; do [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "$OUT/"; done
+
+# The physics sweep with whatever time is left (issue #9), only after a finished study.
+LEFT=$(( TOTAL_S - ($(date +%s) - T0) ))
+if [ "$RC" = 0 ] && [ -n "${SWEEP_ARGS:-}" ] && [ "$LEFT" -gt 60 ]; then
+  echo "== sweep with ${LEFT} s left: $SWEEP_ARGS" | tee -a "$OUT/sweep.log"
+  RECAP_BENCH_RESULTS="$OUT/RESULTS_gpu.md" timeout -k 10 $(( LEFT - 15 )) \
+    $PY -m benchmarks.env_throughput $SWEEP_ARGS --budget-s $(( LEFT - 30 )) 2>&1 | tr '\r' '\n' | tee -a "$OUT/sweep.log"
+fi
+echo "== done after $(( $(date +%s) - T0 )) s"
+exit "$RC"
