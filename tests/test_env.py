@@ -71,6 +71,20 @@ def test_make_and_errors():
         envs.make("G1BendPick-v0", episode_lenght=10)
     with pytest.raises(ValueError, match="randomization_level"):
         envs.make("G1BendPick-v0", randomization_level=3)
+    with pytest.raises(ValueError, match=r"solver must be one of .*'pgs'"):
+        envs.make("G1BendPick-v0", solver="pgs")
+
+
+def test_solver_reaches_the_compiled_model():
+    """config.solver/iterations land in the MJX model (no stepping); the default stays Newton 4/8."""
+    default = envs.make("G1BendPick-v0")
+    assert default.config.solver == "newton"
+    assert default.mjx_model.opt.solver == mjx.SolverType.NEWTON
+    assert (int(default.mjx_model.opt.iterations), int(default.mjx_model.opt.ls_iterations)) == (4, 8)
+    cg = envs.make("G1BendPick-v0", solver="cg", solver_iterations=2, ls_iterations=4)
+    assert cg.mj_model.opt.solver == mujoco.mjtSolver.mjSOL_CG
+    assert cg.mjx_model.opt.solver == mjx.SolverType.CG
+    assert (int(cg.mjx_model.opt.iterations), int(cg.mjx_model.opt.ls_iterations)) == (2, 4)
 
 
 def test_layouts_against_joint_names(env, state0):

@@ -52,6 +52,8 @@ from mujoco import mjx
 from envs.g1 import constants as C
 from envs.g1 import system0
 
+SOLVERS = {"newton": mujoco.mjtSolver.mjSOL_NEWTON, "cg": mujoco.mjtSolver.mjSOL_CG}  # config.solver -> opt.solver
+
 
 @dataclasses.dataclass(frozen=True)
 class BendPickConfig:
@@ -72,6 +74,7 @@ class BendPickConfig:
     contact_tol: float = 0.002  # m: hand-box distance that counts as contact
     fall_height: float = 0.30  # m, pelvis height below which the robot has fallen
     fall_tilt: float = 1.0  # rad, pelvis tilt beyond which the robot has fallen
+    solver: str = "newton"  # MuJoCo constraint solver: "newton" or "cg"
     solver_iterations: int = 4
     ls_iterations: int = 8
     success_reward: float = 1.0  # reward term weights: reward = sum_k weight_k * term_k
@@ -88,6 +91,8 @@ class BendPickConfig:
         for name in ("episode_length", "substeps", "solver_iterations", "ls_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.stabilize_steps < 0:
             raise ValueError(f"stabilize_steps must be >= 0, got {self.stabilize_steps}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
@@ -211,6 +216,7 @@ class G1BendPick:
                 mujoco.mjtGeom.mjGEOM_BOX: m.geom_size[gid, 2],
             }.get(m.geom_type[gid], m.geom_size[gid, 0])
             m.body_pos[m.body(name).id, 2] = h + half_height
+        m.opt.solver = SOLVERS[config.solver]
         m.opt.iterations = int(config.solver_iterations)
         m.opt.ls_iterations = int(config.ls_iterations)
         return m
