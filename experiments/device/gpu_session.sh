@@ -37,13 +37,14 @@ PY=${PY:-python3}
 
 # The study: stages already done in RUN_DIR are skipped; progress bars are dropped from the log.
 timeout -k 15 "$STUDY_S" $PY -m experiments.recap_bendpick --preset "$PRESET" --out "$RUN_DIR" 2>&1 \
-  | tr '\r' '\n' | grep -v -E '(ep/s|it/s|s/it|s/ep)' | tee -a "$OUT/study.log"
+  | tr '\r' '\n' | grep -v -E '(ep/s|it/s|s/it|s/ep|s/step|step/s)' | tee -a "$OUT/study.log"
 RC=${PIPESTATUS[0]}
 echo "== study rc=$RC after $(( $(date +%s) - T0 )) s" | tee -a "$OUT/study.log"
 
 # Results (small files only: no checkpoints or episode stores) in one archive.
-tar -czf "$OUT/${PRESET}_results.tar.gz" --exclude='*/checkpoints' --exclude='*/store' --exclude='rollouts' \
-  --exclude='*.npz' --exclude='*/raw' -C "$(dirname "$RUN_DIR")" "$(basename "$RUN_DIR")" 2>/dev/null
+# (evaluate/*.npz, the paired per-episode outcomes, and value/values.npz are kept.)
+tar -czf "$OUT/${PRESET}_results.tar.gz" --exclude='checkpoints' --exclude='store' --exclude='raw' \
+  --exclude='rollouts' --exclude='tb' -C "$(dirname "$RUN_DIR")" "$(basename "$RUN_DIR")" 2>/dev/null
 for f in results.json table1.md; do [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "$OUT/"; done
 
 # The physics sweep with whatever time is left (issue #9), only after a finished study.
