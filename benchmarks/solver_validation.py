@@ -3,7 +3,8 @@
 Writes the ``env_solver_validation`` section of ``benchmarks/RESULTS.md`` (rewritten after each config, so an
 interrupted run keeps what it measured). Run from the repository root:
 
-    python -m benchmarks.solver_validation --configs newton:4:8,cg:4:8,newton:2:4,cg:2:4,newton:1:4
+    python -m benchmarks.solver_validation                     # DEFAULT_CONFIGS (~2 min each on 2 cores)
+    python -m benchmarks.solver_validation --append --configs newton:3:4   # add rows to the section
 
 Each config (``solver:iterations:ls_iterations``, the ``G1BendPick-v0`` overrides ``solver``,
 ``solver_iterations``, ``ls_iterations``) is one compile of a vmapped expert rollout at randomisation level 0
@@ -42,6 +43,10 @@ SETTLE_STEPS = 20  # as tests/test_expert.py: the hold window starts 0.4 s after
 HOLD_STEPS = 100  # 2 s at 50 Hz
 SLIP_LIMIT = 0.01  # m
 EXECUTE = 24  # actions executed per 30-action expert chunk, as in the rollouts
+# The configs of the env_solver_validation section, in the order they were run.
+DEFAULT_CONFIGS = (
+    "newton:4:8,cg:4:8,newton:2:4,cg:2:4,newton:1:4,newton:4:4,newton:3:8,newton:3:6,newton:4:6,cg:8:8,newton:3:4"
+)
 
 
 def parse_configs(text: str) -> list[tuple[str, int, int]]:
@@ -112,9 +117,21 @@ def summarise(rec: dict, success_steps: int, hold_start: int) -> dict:
     }
 
 
+def _existing_rows(section: str) -> list[list[str]]:
+    """The table rows already in ``section`` of the results file (for ``--append``)."""
+    from benchmarks._results import RESULTS
+
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    start, end = text.find(f"<!-- BEGIN {section} -->"), text.find(f"<!-- END {section} -->")
+    if start < 0 or end < 0:
+        return []
+    lines = [ln for ln in text[start:end].splitlines() if ln.startswith("| ")][1:]  # drop the header row
+    return [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", default="newton:4:8,cg:4:8,newton:2:4,cg:2:4,newton:1:4")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS)
     p.add_argument("--episodes", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--success-steps", type=int, default=216, help="control steps allowed to reach success")
@@ -122,6 +139,9 @@ def main() -> None:
     p.add_argument("--section", default="env_solver_validation")
     p.add_argument("--machine-note", default="", help="appended to the machine line (e.g. shared cores)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--append", action="store_true", help="keep the section's existing rows (same settings) and add these"
+    )
     args = p.parse_args()
     configs = parse_configs(args.configs)
     _platform.enable_compilation_cache()
@@ -135,7 +155,8 @@ def main() -> None:
     keys = [
         jax.random.split(jax.random.fold_in(jax.random.PRNGKey(args.seed), b), args.batch) for b in range(n_batches)
     ]
-    rows = []
+    rows = _existing_rows(args.section) if args.append else []
+    n_run = -(-n_steps // EXECUTE) * EXECUTE
     for solver, iters, ls in configs:
         env = envs.make(
             "G1BendPick-v0",
@@ -143,7 +164,7 @@ def main() -> None:
             solver_iterations=iters,
             ls_iterations=ls,
             success_lift=2.0,  # never ends on success: the grasp is watched after the lift
-            episode_length=-(-n_steps // EXECUTE) * EXECUTE,
+            episode_length=n_run,
         )
         fn = jax.jit(lambda k, env=env: _records(env, params, k, n_steps))
         t0 = time.time()
@@ -181,12 +202,13 @@ def main() -> None:
                 f"`solver_iterations`, `ls_iterations`)? Scripted expert (`envs.g1.expert.expert_act`, 24 of each "
                 f"30-action chunk executed), randomisation level 0, {args.episodes} episodes per config in batches "
                 f"of {args.batch}, the same episode keys for every config, `success_lift` disabled so each "
-                f"episode runs {n_steps} control steps. Success = lift >= 0.9 with the box touching the right "
+                f"episode runs {n_run} control steps. Success = lift >= 0.9 with the box touching the right "
                 f"hand within {args.success_steps} control steps and before any fall. Hold (tests/test_expert.py): "
                 f"control steps {hold_start}-{hold_start + HOLD_STEPS} (2 s after the arm lift, before the body "
                 f"rises), the box stays in the hand and off the table and moves < {SLIP_LIMIT * 100:.0f} cm "
-                "relative to the palm; slip = the largest such movement. Falls and NaN episodes count the whole "
-                "run. Wall s: the first batch (compile + run) / each further batch.",
+                "relative to the palm; slip = the largest such movement (0 for an episode frozen by a fall or NaN "
+                "before the hold). Falls and NaN episodes count the whole run. Wall s: the first batch (compile + "
+                "run) / each further batch.",
                 markdown_table(
                     [
                         "solver iters/line-search",
