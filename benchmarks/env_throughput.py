@@ -3,7 +3,7 @@
     python -m benchmarks.env_throughput                       # CPU rows, writes benchmarks/RESULTS.md
     python -m benchmarks.env_throughput --gpu --batch-sizes 1024,4096
     python -m benchmarks.env_throughput --gpu --batch-sizes 4096 --steps 24 --budget-s 170 \
-        --solvers newton:4:8,cg:4:8,newton:2:4,cg:2:4        # solver sweep, writes env_solver_sweep_gpu
+        --solvers newton:4:8,newton:4:4,newton:3:6,newton:3:4   # solver sweep: env_solver_sweep_gpu
 
 Rows: MJX control steps/s and physics steps/s (= control x substeps) per batch size; C MuJoCo single env
 (``mj_step``); MuJoCo 4's multi-threaded ``mujoco.batch.Batch`` on all cores at the same batch sizes. The

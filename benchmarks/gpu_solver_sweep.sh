@@ -5,17 +5,18 @@
 # writes its section (env_solver_sweep_gpu, env_solver_sweep_gpu_triton) to
 # ${RECAP_BENCH_RESULTS:-benchmarks/RESULTS_gpu.md} after every measured row (merge into RESULTS.md by
 # section name). Usage: bash benchmarks/gpu_solver_sweep.sh [LOGDIR]
-# Knobs: SOLVERS, BATCHES, BUDGET_S (per run), STEPS, WORKERS, TRITON ("0 1", "0" or "1").
+# Knobs: SOLVERS, BATCHES, BUDGET_S (per run), DEADLINE_S, STEPS, WORKERS, TRITON ("0 1", "0" or "1").
 set -u
 LOG=${1:-runs/gpu_solver_sweep}
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 export RECAP_BENCH_RESULTS=${RECAP_BENCH_RESULTS:-benchmarks/RESULTS_gpu.md}
-SOLVERS=${SOLVERS:-newton:4:8,cg:4:8,newton:2:4,cg:2:4}
+SOLVERS=${SOLVERS:-newton:4:8,newton:4:4,newton:3:6,newton:3:4}  # those that pass env_solver_validation
 BATCHES=${BATCHES:-4096}
 BUDGET_S=${BUDGET_S:-170}
 STEPS=${STEPS:-24}
-WORKERS=${WORKERS:-4}
+WORKERS=${WORKERS:-6}
+DEADLINE_S=${DEADLINE_S:-110}  # stop waiting for compiles here (from process start); the rest measures
 BASE_FLAGS=${XLA_FLAGS:-}
 for triton in ${TRITON:-0 1}; do
   flags=$BASE_FLAGS
@@ -23,7 +24,7 @@ for triton in ${TRITON:-0 1}; do
   name=sweep_triton$triton
   echo "=== $name (budget ${BUDGET_S}s) $(date -u +%T)"
   XLA_FLAGS="${flags# }" timeout -k 10 $((BUDGET_S + 40)) python -m benchmarks.env_throughput --gpu \
-    --batch-sizes "$BATCHES" --steps "$STEPS" --budget-s "$BUDGET_S" --compile-workers "$WORKERS" \
+    --batch-sizes "$BATCHES" --steps "$STEPS" --budget-s "$BUDGET_S" --compile-deadline-s "$DEADLINE_S" --compile-workers "$WORKERS" \
     --solvers "$SOLVERS" >"$LOG/$name.log" 2>&1
   echo "=== $name rc=$? $(date -u +%T)"
   tail -n 25 "$LOG/$name.log"
