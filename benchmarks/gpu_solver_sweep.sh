@@ -5,7 +5,7 @@
 # writes its section (env_solver_sweep_gpu, env_solver_sweep_gpu_triton) to
 # ${RECAP_BENCH_RESULTS:-benchmarks/RESULTS_gpu.md} after every measured row (merge into RESULTS.md by
 # section name). Usage: bash benchmarks/gpu_solver_sweep.sh [LOGDIR]
-# Knobs: SOLVERS, BATCHES, BUDGET_S (per run), DEADLINE_S, STEPS, WORKERS, TRITON ("0 1", "0" or "1").
+# Knobs: PY (python3), SOLVERS, BATCHES, BUDGET_S (per run), DEADLINE_S, STEPS, WORKERS, TRITON ("0 1", "0" or "1").
 set -u
 LOG=${1:-runs/gpu_solver_sweep}
 mkdir -p "$LOG"
@@ -23,7 +23,7 @@ for triton in ${TRITON:-0 1}; do
   [ "$triton" = 1 ] && flags="$flags --xla_gpu_triton_gemm_any=True"
   name=sweep_triton$triton
   echo "=== $name (budget ${BUDGET_S}s) $(date -u +%T)"
-  XLA_FLAGS="${flags# }" timeout -k 10 $((BUDGET_S + 40)) python -m benchmarks.env_throughput --gpu \
+  XLA_FLAGS="${flags# }" timeout -k 10 $((BUDGET_S + 40)) ${PY:-python3} -m benchmarks.env_throughput --gpu \
     --batch-sizes "$BATCHES" --steps "$STEPS" --budget-s "$BUDGET_S" --compile-deadline-s "$DEADLINE_S" --compile-workers "$WORKERS" \
     --solvers "$SOLVERS" >"$LOG/$name.log" 2>&1
   echo "=== $name rc=$? $(date -u +%T)"
