@@ -113,15 +113,21 @@ def load_frames(out: Path, cond: str, it: int = 0) -> dict[int, np.ndarray]:
         return {int(k.split("_", 1)[1]): z[k] for k in z.files if k.startswith("images_")}
 
 
+def marker_slice(cfg: StudyConfig, cond: str) -> dict:
+    """The settings a condition's evaluation marker is keyed by. β reaches only ``recap_high``, so the other
+    conditions' markers (and outcomes) stay valid when a run directory is reused with ``--cfg-beta``."""
+    settings = cfg.evaluate if cond == "recap_high" else dataclasses.replace(cfg.evaluate, cfg_beta=None)
+    return {"evaluate": settings, "env": cfg.env, "seed": cfg.seed, "condition": cond}
+
+
 def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
-    cfg_slice = {"evaluate": cfg.evaluate, "env": cfg.env, "seed": cfg.seed}
     markers = {}
     for cond in CONDITIONS:
         name = stage_name(it, cond)
         markers[cond] = common.run_stage(
             out,
             name,
-            {**cfg_slice, "condition": cond},
+            marker_slice(cfg, cond),
             lambda cond=cond: evaluate_condition(cfg, out, cond, it),
             files_fn=lambda _, name=name: [f"{name}.npz"],
         )

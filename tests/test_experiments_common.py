@@ -106,3 +106,14 @@ def test_deviations_name_dart_demos():
     assert len(recap_bendpick.deviations(dart)) == len(recap_bendpick.deviations(clean)) + 1
     assert "DART" in recap_bendpick.deviations(dart)[-1] and "0.3" in recap_bendpick.deviations(dart)[-1]
     assert not any("DART" in line for line in recap_bendpick.deviations(clean))
+
+
+def test_cfg_beta_keys_only_the_recap_high_evaluation():
+    from experiments import evaluate
+
+    plain = presets.override(presets.SMOKE, **{"finetune.indicator_dropout": 0.3})
+    guided = presets.override(plain, **{"evaluate.cfg_beta": 1.5})
+    for cond in ("sft_init", "sft_final", "bc_all", "recap_low"):
+        assert evaluate.marker_slice(plain, cond) == evaluate.marker_slice(guided, cond)
+    assert evaluate.marker_slice(plain, "recap_high") != evaluate.marker_slice(guided, "recap_high")
+    assert evaluate.marker_slice(guided, "recap_high")["evaluate"].cfg_beta == 1.5
