@@ -41,7 +41,10 @@ def _episodes(n=160, seed=0, hw=(16, 16)):
     return eps
 
 
-CFG = vt.ValueTrainConfig(backbone="cnn", epochs=12, batch_size=32, max_steps=MAX_STEPS, cnn_channels=(8, 16, 16, 16))
+# 20 epochs: at 12 the held-out episode AUC of this easy task was 0.91-0.98 over three data seeds on the
+# 2026-11-30 host (AMD EPYC; the same test had passed in earlier CI runs), too close to the bar; at 20 it is
+# 0.97-1.0 (step AUC 0.96-0.99), at the same run time.
+CFG = vt.ValueTrainConfig(backbone="cnn", epochs=20, batch_size=32, max_steps=MAX_STEPS, cnn_channels=(8, 16, 16, 16))
 
 
 @pytest.fixture(scope="module")
