@@ -223,16 +223,13 @@ TRITON_FLAG = "--xla_gpu_triton_gemm_any=True"
 
 
 def parse_solvers(text: str) -> list[tuple[str, int, int]]:
-    """``"newton:4:8,cg:2:4"`` -> ``[("newton", 4, 8), ("cg", 2, 4)]`` (validated by the env config)."""
-    out = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        parts = item.strip().lower().split(":")
-        if len(parts) != 3:
-            raise SystemExit(f"--solvers entry {item!r} is not solver:iterations:ls_iterations (e.g. cg:2:4)")
-        out.append((parts[0], int(parts[1]), int(parts[2])))
-    return out
+    """``"newton:4:8,cg:2:4"`` -> ``[("newton", 4, 8), ("cg", 2, 4)]`` (one parser with solver_validation)."""
+    from benchmarks.solver_validation import parse_configs
+
+    try:
+        return parse_configs(text)
+    except ValueError as e:
+        raise SystemExit(f"--solvers: {e}") from None
 
 
 def _solver_sweep_expert(args: argparse.Namespace) -> None:
