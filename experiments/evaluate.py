@@ -68,6 +68,27 @@ def evaluate_checkpoint(cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: floa
     )
 
 
+def save_outcomes(res: dict, path: Path) -> Outcomes:
+    """Writes an evaluation's paired outcomes to ``path`` (``Outcomes`` npz) and its failure causes and kept
+    frames beside it (``<stem>_detail.npz``); returns the outcomes.
+
+    ``res``: ``glue.evaluate_policy``'s result (``success`` bool[N], ``n_steps`` int[N], ``cause`` int[N]
+    indexing ``rollout.FAILURE_CAUSES``, ``images`` {episode: u8[T, H, W, 3]}).
+    """
+    from recap_jax import rollout
+
+    cause = np.asarray(res["cause"], np.int8)
+    outcomes = Outcomes(
+        success=res["success"], steps=res["n_steps"], fell=cause == rollout.FAILURE_CAUSES.index("fell")
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outcomes.save(str(path))
+    images = {f"images_{k}": v for k, v in res.get("images", {}).items()}
+    np.savez(path.with_name(path.stem + "_detail.npz"), cause=cause, **images)
+    return outcomes
+
+
 def evaluate_condition(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
     from recap_jax import rollout
 
@@ -82,16 +103,8 @@ def evaluate_condition(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> d
         beta=spec["beta"],
         keep=keep,
     )
+    outcomes = save_outcomes(res, Path(out) / f"{stage_name(it, cond)}.npz")
     cause = np.asarray(res["cause"], np.int8)
-    outcomes = Outcomes(
-        success=res["success"], steps=res["n_steps"], fell=cause == rollout.FAILURE_CAUSES.index("fell")
-    )
-    path = Path(out) / f"{stage_name(it, cond)}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    outcomes.save(str(path))
-    np.savez(
-        path.with_name(path.stem + "_detail.npz"), cause=cause, **{f"images_{k}": v for k, v in res["images"].items()}
-    )
     return {
         "condition": cond,
         **{k: v for k, v in spec.items()},
@@ -144,6 +157,8 @@ class EvalArgs(common.StageArgs):
       label: "high" | "low" | None (bare instruction).
       beta: CFG weight (needs a checkpoint trained with indicator dropout).
       indicator_dropout: the checkpoint's training indicator dropout (for its config).
+      save: with --checkpoint, also write the per-episode outcomes there (an ``Outcomes`` .npz, paired by
+        index with the study's ``DIR/evaluate/<condition>.npz``) and ``<stem>_detail.npz`` beside it.
     """
 
     checkpoint: Path | None = None
@@ -151,6 +166,7 @@ class EvalArgs(common.StageArgs):
     label: str | None = None
     beta: float = 1.0
     indicator_dropout: float = 0.0
+    save: Path | None = None
 
 
 def main(argv=None) -> None:
@@ -167,6 +183,9 @@ def main(argv=None) -> None:
     )
     n, k = len(res["success"]), int(np.sum(res["success"]))
     print(f"{args.checkpoint} label={args.label} beta={args.beta}: {k}/{n} = {k / max(n, 1):.1%}")
+    if args.save is not None:
+        save_outcomes(res, args.save)
+        print(f"outcomes: {args.save}")
 
 
 if __name__ == "__main__":

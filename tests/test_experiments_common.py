@@ -117,3 +117,29 @@ def test_cfg_beta_keys_only_the_recap_high_evaluation():
         assert evaluate.marker_slice(plain, cond) == evaluate.marker_slice(guided, cond)
     assert evaluate.marker_slice(plain, "recap_high") != evaluate.marker_slice(guided, "recap_high")
     assert evaluate.marker_slice(guided, "recap_high")["evaluate"].cfg_beta == 1.5
+
+
+def test_save_outcomes_round_trip(tmp_path):
+    """An ad-hoc evaluation's outcomes are saved in the study's paired format (falls from the causes)."""
+    import numpy as np
+
+    from experiments import evaluate
+    from experiments.report import Outcomes
+    from recap_jax import rollout
+
+    fell = rollout.FAILURE_CAUSES.index("fell")
+    res = {
+        "success": np.array([True, False, False]),
+        "n_steps": np.array([120, 216, 40]),
+        "cause": np.array([0, 1 if fell != 1 else 2, fell], np.int8),
+        "images": {0: np.zeros((2, 4, 4, 3), np.uint8)},
+    }
+    path = tmp_path / "adhoc" / "recap_high_beta1.npz"
+    saved = evaluate.save_outcomes(res, path)
+    loaded = Outcomes.load(str(path))
+    np.testing.assert_array_equal(loaded.success, [True, False, False])
+    np.testing.assert_array_equal(loaded.steps, [120, 216, 40])
+    np.testing.assert_array_equal(loaded.fell, [False, False, True])
+    np.testing.assert_array_equal(saved.fell, loaded.fell)
+    with np.load(path.with_name("recap_high_beta1_detail.npz")) as z:
+        assert set(z.files) == {"cause", "images_0"}
