@@ -32,7 +32,6 @@ from recap_jax import _platform
 _platform.apply_xla_flags()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import envs  # noqa: E402
@@ -42,7 +41,7 @@ from envs.g1 import expert as E  # noqa: E402
 SETTLE_STEPS = 20  # as tests/test_expert.py: the hold window starts 0.4 s after the arm lift ends
 HOLD_STEPS = 100  # 2 s at 50 Hz
 SLIP_LIMIT = 0.01  # m
-EXECUTE = 24  # actions executed per 30-action expert chunk, as in the rollouts
+EXECUTE = 24  # actions executed per 30-action expert chunk (E.rollout_records), as in the rollouts
 # The configs of the env_solver_validation section, in the order they were run.
 DEFAULT_CONFIGS = (
     "newton:4:8,cg:4:8,newton:2:4,cg:2:4,newton:1:4,newton:4:4,newton:3:8,newton:3:6,newton:4:6,cg:8:8,newton:3:4"
@@ -60,34 +59,6 @@ def parse_configs(text: str) -> list[tuple[str, int, int]]:
             raise ValueError(f"config {item!r} is not solver:iterations:ls_iterations (e.g. newton:4:8)")
         out.append((parts[0], int(parts[1]), int(parts[2])))
     return out
-
-
-def _records(env, params: E.ExpertConfig, keys: jax.Array, n_steps: int):
-    """Expert on ``len(keys)`` vmapped envs for ``n_steps`` (rounded up to chunks): per-step records [T, B]."""
-    state = jax.vmap(env.reset)(keys)
-    step = jax.vmap(env.step)
-
-    def chunk(carry, _):
-        state, key = carry
-        key, k = jax.random.split(key)
-        actions = E.expert_act(params, state.obs, None, k)
-
-        def inner(s, a):
-            s = step(s, a)
-            priv = s.obs["privileged"]
-            return s, {
-                "lift": s.metrics["lift"],
-                "contact": s.metrics["hand_contact"],
-                "fell": s.metrics["fell"],
-                "nan": s.metrics["nan"],
-                "rel": priv["obj_pos"] - priv["palm_pos"],
-            }
-
-        state, rec = jax.lax.scan(inner, state, jnp.swapaxes(actions[:, :EXECUTE], 0, 1))
-        return (state, key), rec
-
-    _, rec = jax.lax.scan(chunk, (state, jax.random.PRNGKey(7)), None, length=-(-n_steps // EXECUTE))
-    return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), rec)
 
 
 def summarise(rec: dict, success_steps: int, hold_start: int) -> dict:
@@ -166,7 +137,7 @@ def main() -> None:
             success_lift=2.0,  # never ends on success: the grasp is watched after the lift
             episode_length=n_run,
         )
-        fn = jax.jit(lambda k, env=env: _records(env, params, k, n_steps))
+        fn = jax.jit(lambda k, env=env: E.rollout_records(env, params, k, n_steps))
         t0 = time.time()
         first = jax.device_get(fn(keys[0]))
         compile_run_s = time.time() - t0

@@ -82,34 +82,6 @@ def test_expert_act_interface():
         E.noisy_config(1.5)
 
 
-def _rollout(env, params, keys, n_steps):
-    """Expert on vmapped envs for n_steps (24 of 30 executed); per-step lift, contact and box-in-palm offset."""
-    reset_keys, act_key = keys, jax.random.PRNGKey(7)
-    state = jax.vmap(env.reset)(reset_keys)
-    step = jax.vmap(env.step)
-
-    def chunk(carry, _):
-        state, key = carry
-        key, k = jax.random.split(key)
-        actions = E.expert_act(params, state.obs, None, k)
-
-        def inner(s, a):
-            s = step(s, a)
-            priv = s.obs["privileged"]
-            return s, (
-                s.metrics["lift"],
-                s.metrics["hand_contact"],
-                s.metrics["fell"],
-                priv["obj_pos"] - priv["palm_pos"],
-            )
-
-        state, rec = jax.lax.scan(inner, state, jnp.swapaxes(actions[:, :24], 0, 1))
-        return (state, key), rec
-
-    _, rec = jax.lax.scan(chunk, (state, act_key), None, length=-(-n_steps // 24))
-    return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), rec)  # [T, B, ...]
-
-
 @functools.lru_cache(maxsize=1)
 def _expert_run():
     """4 vmapped expert episodes (seeded), long enough for the lift and a 2 s hold: per-step records [T, 4]."""
@@ -117,18 +89,20 @@ def _expert_run():
     params = E.default_config()
     n_steps = int(params.lift_end) + SETTLE_STEPS + HOLD_STEPS
     keys = jax.random.split(jax.random.PRNGKey(11), 4)
-    return jax.device_get(jax.jit(lambda k: _rollout(env, params, k, n_steps))(keys))
+    return jax.device_get(jax.jit(lambda k: E.rollout_records(env, params, k, n_steps))(keys))
 
 
 def test_expert_succeeds_on_four_seeds():
-    lift, contact, fell, _ = _expert_run()
+    rec = _expert_run()
+    lift, contact, fell = rec["lift"], rec["contact"], rec["fell"]
     success = (lift >= 0.9) & (contact > 0)  # the env's success condition (success_lift is disabled here)
     assert success.any(axis=0).all(), lift.max(axis=0)  # within ~300 steps (< the 600-step episode limit)
     assert not fell.any()
 
 
 def test_grasp_holds_box_for_2s_with_under_1cm_slip():
-    lift, contact, _, rel = _expert_run()
+    rec = _expert_run()
+    lift, contact, rel = rec["lift"], rec["contact"], rec["rel"]
     t0 = int(E.default_config().lift_end) + SETTLE_STEPS  # after the arm lift; the body is bent and static
     assert (contact[t0 : t0 + HOLD_STEPS] > 0).all()  # still in the hand
     assert (lift[t0 : t0 + HOLD_STEPS] >= 0.5).all()  # and still off the table

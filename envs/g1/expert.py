@@ -270,6 +270,46 @@ def hand_closed_targets() -> np.ndarray:
     return np.asarray(HAND_CLOSED, np.float32)
 
 
+def rollout_records(env, params: ExpertConfig, keys: jax.Array, n_steps: int, act_key: jax.Array | None = None) -> dict:
+    """Runs the expert on ``len(keys)`` vmapped envs for ``n_steps`` control steps (rounded up to whole chunks;
+    24 of every 30 actions executed, then re-query) and records every step. Jit it with ``env`` closed over.
+
+    Args:
+      env: a ``G1BendPick`` env; params: ``ExpertConfig``; keys: reset keys [B]; n_steps: control steps;
+      act_key: the key of the expert's noise (default ``PRNGKey(7)``).
+
+    Returns:
+      dict of [T, B] arrays (T = n_steps rounded up to a multiple of 24): ``lift``, ``contact`` (hand-box),
+      ``fell``, ``nan`` f32, and ``rel`` f32[T, B, 3] (box position minus right-palm position).
+    """
+    execute = 24
+    state = jax.vmap(env.reset)(keys)
+    step = jax.vmap(env.step)
+
+    def chunk(carry, _):
+        state, key = carry
+        key, k = jax.random.split(key)
+        actions = expert_act(params, state.obs, None, k)  # [B, 30, 36]
+
+        def inner(s, a):
+            s = step(s, a)
+            priv = s.obs["privileged"]
+            return s, {
+                "lift": s.metrics["lift"],
+                "contact": s.metrics["hand_contact"],
+                "fell": s.metrics["fell"],
+                "nan": s.metrics["nan"],
+                "rel": priv["obj_pos"] - priv["palm_pos"],
+            }
+
+        state, rec = jax.lax.scan(inner, state, jnp.swapaxes(actions[:, :execute], 0, 1))
+        return (state, key), rec
+
+    key0 = jax.random.PRNGKey(7) if act_key is None else act_key
+    _, rec = jax.lax.scan(chunk, (state, key0), None, length=-(-n_steps // execute))
+    return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), rec)
+
+
 def rollout_stats(env, params: ExpertConfig, keys: jax.Array, *, max_steps: int | None = None) -> dict:
     """Runs the expert on ``len(keys)`` vmapped envs (24 of every 30 actions executed, then re-query).
 
