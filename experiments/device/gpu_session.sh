@@ -7,13 +7,12 @@
 # A second call on the still-warm machine (within its 30 s idle window) resumes the study where it stopped
 # (runs/ is kept on a warm machine); a fresh machine starts over.
 #
-# Knobs (environment): MODE (study: the study, then the physics sweep if >= 150 s are left; sweep: only
-# benchmarks/gpu_solver_sweep.sh, without and with the triton GEMM flag, ~6 min), PRESET (gpu), STUDY_S
-# (study limit, 480), TOTAL_S (whole call, 570), SWEEP_ARGS (benchmarks.env_throughput arguments of the
-# sweep after the study; default: the solver configs that pass benchmarks/solver_validation.py at 4096
-# envs; empty: no sweep), RUN_DIR (runs/$PRESET). What is worth keeping is copied to $OUT (at most 8 files
-# come back): study.log, <preset>_results.tar.gz (everything but checkpoints and episode stores),
-# results.json, table1.md, sweep.log, RESULTS_gpu.md (benchmark sections to merge into RESULTS.md).
+# Knobs (environment): MODE (study: the study, then one pass of benchmarks/gpu_solver_sweep.sh without the
+# triton flag if >= 150 s are left; sweep: only that script, without and with the triton GEMM flag, ~6 min),
+# PRESET (gpu), STUDY_S (study limit, 480), TOTAL_S (whole call, 570), SWEEP (0: no sweep after the study),
+# RUN_DIR (runs/$PRESET). What is worth keeping is copied to $OUT (at most 8 files come back): study.log,
+# <preset>_results.tar.gz (everything but checkpoints and episode stores), results.json, table1.md,
+# sweep.log, sweep_logs.tar.gz, RESULTS_gpu.md (benchmark sections to merge into RESULTS.md).
 set -u
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
@@ -39,10 +38,13 @@ PY=${PY:-python3}
   $PY -c "import jax, flax, mujoco; from mujoco import mjx; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'mujoco', mujoco.__version__)"
 } 2>&1 | tee -a "$OUT/study.log"
 
-if [ "${MODE:-study}" = sweep ]; then
-  RECAP_BENCH_RESULTS="$OUT/RESULTS_gpu.md" PY=$PY bash benchmarks/gpu_solver_sweep.sh "$OUT/sweep_logs" 2>&1 \
+sweep() {  # [env assignments for benchmarks/gpu_solver_sweep.sh...]: its sections and logs go to $OUT
+  env "$@" RECAP_BENCH_RESULTS="$OUT/RESULTS_gpu.md" PY="$PY" bash benchmarks/gpu_solver_sweep.sh "$OUT/sweep_logs" 2>&1 \
     | tee -a "$OUT/sweep.log"
   tar -czf "$OUT/sweep_logs.tar.gz" -C "$OUT" sweep_logs && rm -rf "$OUT/sweep_logs"
+}
+if [ "${MODE:-study}" = sweep ]; then
+  sweep
   exit 0
 fi
 
@@ -60,11 +62,11 @@ for f in results.json table1.md; do [ -f "$RUN_DIR/$f" ] && cp "$RUN_DIR/$f" "$O
 
 # The physics sweep with whatever time is left (issue #9), only after a finished study.
 LEFT=$(( TOTAL_S - ($(date +%s) - T0) ))
-SWEEP_ARGS=${SWEEP_ARGS-"--gpu --batch-sizes 4096 --steps 24 --compile-workers 6 --solvers newton:4:8,newton:4:4,newton:3:6,newton:3:4"}
-if [ "$RC" = 0 ] && [ -n "$SWEEP_ARGS" ] && [ "$LEFT" -ge 150 ]; then
-  echo "== sweep with ${LEFT} s left: $SWEEP_ARGS" | tee -a "$OUT/sweep.log"
-  RECAP_BENCH_RESULTS="$OUT/RESULTS_gpu.md" timeout -k 10 $(( LEFT - 15 )) \
-    $PY -m benchmarks.env_throughput $SWEEP_ARGS --budget-s $(( LEFT - 30 )) 2>&1 | tr '\r' '\n' | tee -a "$OUT/sweep.log"
+if [ "$RC" = 0 ] && [ "${SWEEP:-1}" != 0 ] && [ "$LEFT" -ge 150 ]; then
+  # gpu_solver_sweep.sh adds 40 s of timeout slack to its budget; its compile deadline is 0.6 x the budget.
+  BUDGET=$(( LEFT - 55 ))
+  echo "== sweep with ${LEFT} s left (budget ${BUDGET} s)" | tee -a "$OUT/sweep.log"
+  sweep TRITON=0 BUDGET_S="$BUDGET" DEADLINE_S=$(( BUDGET * 6 / 10 ))
 fi
 echo "== done after $(( $(date +%s) - T0 )) s"
 exit "$RC"
