@@ -12,7 +12,8 @@ study's config (``envs.make("G1BendPick-v0")``); the action is the scripted expe
 the nominal stand command), as the table says. Compile time is reported separately, not counted.
 
 Solver sweep (``--solvers solver:iterations:ls_iterations,...``): the same MJX measurement (expert acting)
-for each physics config (the env overrides ``solver``, ``solver_iterations``, ``ls_iterations``) at each
+for each physics config (the env overrides ``solver``, ``solver_iterations``, ``ls_iterations``, and
+``eulerdamp`` for a ``:noeulerdamp`` suffix) at each
 batch size, and nothing else. One single-env reset (the default config) and one expert compile per batch
 size serve every config; each config's ``jit(vmap(env.step))`` is compiled ahead of time (``--compile-workers``
 > 1 compiles them concurrently in threads). ``--budget-s`` bounds the whole run: configs go in order and
@@ -53,7 +54,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--solvers",
         default="",
-        help="solver sweep mode: comma-separated solver:iterations:ls_iterations, e.g. newton:4:8,cg:2:4",
+        help="solver sweep mode: comma-separated solver:iterations:ls_iterations[:noeulerdamp], e.g. newton:4:8,cg:2:4",
     )
     p.add_argument("--budget-s", type=float, default=0.0, help="solver sweep: total time budget (0 = none)")
     p.add_argument("--compile-workers", type=int, default=4, help="solver sweep: concurrent compile threads")
@@ -222,8 +223,8 @@ def _solver_sweep(env, state0, batch: int, steps: int = 5) -> list[list[object]]
 TRITON_FLAG = "--xla_gpu_triton_gemm_any=True"
 
 
-def parse_solvers(text: str) -> list[tuple[str, int, int]]:
-    """``"newton:4:8,cg:2:4"`` -> ``[("newton", 4, 8), ("cg", 2, 4)]`` (one parser with solver_validation)."""
+def parse_solvers(text: str) -> list:
+    """``"newton:4:8,cg:2:4,newton:4:8:noeulerdamp"`` -> ``solver_validation.PhysicsConfig`` list (one parser)."""
     from benchmarks.solver_validation import parse_configs
 
     try:
@@ -258,7 +259,7 @@ def _solver_sweep_expert(args: argparse.Namespace) -> None:
     backend = jax.default_backend().upper()
     section = args.section or f"env_solver_sweep_{backend.lower()}" + ("_triton" if triton else "")
     envs_by_config = {
-        c: envs.make("G1BendPick-v0", solver=c[0], solver_iterations=c[1], ls_iterations=c[2]) for c in configs
+        c: envs.make("G1BendPick-v0", **c.overrides()) for c in configs
     }  # a bad config fails here, before any compile
     base = envs.make("G1BendPick-v0")  # stands come from the default config's reset (one compile for all)
     expert = _expert_policy()
@@ -325,8 +326,8 @@ def _solver_sweep_expert(args: argparse.Namespace) -> None:
         stacked = jax.tree.map(lambda *x: jnp.stack(x), *singles)
         est = None
         for idx, item in enumerate(items):
-            (solver, iters, ls), b = item
-            name = f"{solver.upper()} {iters}/{ls} x{b}"
+            config, b = item
+            name = f"{config.label()} x{b}"
             if not step_futs[item].done():
                 notes.append(f"{name}: compile not finished by the compile deadline ({deadline:.0f} s)")
                 continue
@@ -336,7 +337,7 @@ def _solver_sweep_expert(args: argparse.Namespace) -> None:
             if est is not None and elapsed() + est > budget:
                 notes.append(
                     f"stopped at {elapsed():.0f} s (budget {budget:.0f} s, ~{est:.0f} s per measurement); "
-                    "not measured: " + ", ".join(f"{c[0].upper()} {c[1]}/{c[2]} x{bb}" for c, bb in items[idx:])
+                    "not measured: " + ", ".join(f"{c.label()} x{bb}" for c, bb in items[idx:])
                 )
                 break
             t_measure = time.perf_counter()
@@ -357,7 +358,7 @@ def _solver_sweep_expert(args: argparse.Namespace) -> None:
             finite = bool(jnp.all(jnp.isfinite(state.data.qpos)))
             rows.append(
                 [
-                    f"{solver.upper()} {iters}/{ls}",
+                    config.label(),
                     b,
                     f"{ctrl_rate:,.0f}",
                     f"{ctrl_rate * envs_by_config[item[0]].config.substeps:,.0f}",
@@ -523,6 +524,7 @@ def mujoco_solver(m) -> str:
         f"{mujoco.mjtSolver(m.opt.solver).name.removeprefix('mjSOL_')} "
         f"{m.opt.iterations} iterations / {m.opt.ls_iterations} line-search, "
         f"{mujoco.mjtIntegrator(m.opt.integrator).name.removeprefix('mjINT_')}"
+        + (" (eulerdamp off)" if m.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP else "")
     )
 
 

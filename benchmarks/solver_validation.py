@@ -6,10 +6,10 @@ interrupted run keeps what it measured). Run from the repository root:
     python -m benchmarks.solver_validation                     # DEFAULT_CONFIGS (~2 min each on 2 cores)
     python -m benchmarks.solver_validation --append --configs newton:3:4   # add rows to the section
 
-Each config (``solver:iterations:ls_iterations``, the ``G1BendPick-v0`` overrides ``solver``,
-``solver_iterations``, ``ls_iterations``) is one compile of a vmapped expert rollout at randomisation level 0
-with ``success_lift`` disabled (as in tests/test_expert.py), so an episode continues after the lift and one
-run gives both numbers:
+Each config (``solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp]``, the ``G1BendPick-v0`` overrides ``solver``,
+``solver_iterations``, ``ls_iterations``, ``eulerdamp``) is one compile of a vmapped expert rollout at
+randomisation level 0 with ``success_lift`` disabled (as in tests/test_expert.py), so an episode continues
+after the lift and one run gives both numbers:
 
 - success: the env's success condition (lift >= 0.9 with the box touching the right hand) reached within
   ``--success-steps`` control steps and before any fall (the default 216 covers the expert's lift at ~170);
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import NamedTuple
 
 from recap_jax import _platform
 
@@ -35,6 +36,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import envs  # noqa: E402
+import envs.g1.bendpick  # noqa: E402
 from benchmarks._results import machine_description, markdown_table, write_section  # noqa: E402
 from envs.g1 import expert as E  # noqa: E402
 
@@ -48,16 +50,52 @@ DEFAULT_CONFIGS = (
 )
 
 
-def parse_configs(text: str) -> list[tuple[str, int, int]]:
-    """``"newton:4:8,cg:2:4"`` -> ``[("newton", 4, 8), ("cg", 2, 4)]``."""
+class PhysicsConfig(NamedTuple):
+    """One physics setting under test: the ``G1BendPick-v0`` overrides of ``overrides()``."""
+
+    solver: str
+    iterations: int
+    ls_iterations: int
+    eulerdamp: bool = True
+
+    def overrides(self) -> dict:
+        return {
+            "solver": self.solver,
+            "solver_iterations": self.iterations,
+            "ls_iterations": self.ls_iterations,
+            "eulerdamp": self.eulerdamp,
+        }
+
+    def label(self) -> str:
+        """E.g. ``NEWTON 4/8`` or ``NEWTON 4/8 no-eulerdamp``."""
+        return f"{self.solver.upper()} {self.iterations}/{self.ls_iterations}" + (
+            "" if self.eulerdamp else " no-eulerdamp"
+        )
+
+
+def parse_configs(text: str) -> list[PhysicsConfig]:
+    """``"newton:4:8,cg:2:4,newton:3:4:noeulerdamp"`` -> ``[PhysicsConfig("newton", 4, 8, ...), ...]``.
+
+    Each item is ``solver:iterations:ls_iterations`` with an optional fourth field, ``eulerdamp`` or
+    ``noeulerdamp`` (joint damping integrated implicitly or explicitly); without it, the env's default
+    (``BendPickConfig.eulerdamp``).
+    """
+    default_eulerdamp = envs.g1.bendpick.BendPickConfig().eulerdamp
     out = []
     for item in text.split(","):
         if not item.strip():
             continue
         parts = item.strip().lower().split(":")
-        if len(parts) != 3:
-            raise ValueError(f"config {item!r} is not solver:iterations:ls_iterations (e.g. newton:4:8)")
-        out.append((parts[0], int(parts[1]), int(parts[2])))
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("eulerdamp", "noeulerdamp")):
+            raise ValueError(
+                f"config {item!r} is not solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp] (e.g. newton:4:8)"
+            )
+        try:
+            iters, ls = int(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"config {item!r}: iterations and ls_iterations must be integers") from None
+        eulerdamp = default_eulerdamp if len(parts) == 3 else parts[3] == "eulerdamp"
+        out.append(PhysicsConfig(parts[0], iters, ls, eulerdamp))
     return out
 
 
@@ -128,12 +166,10 @@ def main() -> None:
     ]
     rows = _existing_rows(args.section) if args.append else []
     n_run = -(-n_steps // EXECUTE) * EXECUTE
-    for solver, iters, ls in configs:
+    for config in configs:
         env = envs.make(
             "G1BendPick-v0",
-            solver=solver,
-            solver_iterations=iters,
-            ls_iterations=ls,
+            **config.overrides(),
             success_lift=2.0,  # never ends on success: the grasp is watched after the lift
             episode_length=n_run,
         )
@@ -150,7 +186,7 @@ def main() -> None:
         r = summarise(rec, args.success_steps, hold_start)
         ok = r["success"]
         row = [
-            f"{solver.upper()} {iters}/{ls}",
+            config.label(),
             args.episodes,
             f"{ok.mean():.3f}",
             f"{r['steps'][ok].mean():.1f}" if ok.any() else "-",
@@ -170,8 +206,9 @@ def main() -> None:
                 f"Machine: {machine_description()}{args.machine_note}; load average {os.getloadavg()[0]:.1f} "
                 "(wall times are noisy).",
                 f"Does the task still work with a cheaper MuJoCo solver (`G1BendPick-v0` overrides `solver`, "
-                f"`solver_iterations`, `ls_iterations`)? Scripted expert (`envs.g1.expert.expert_act`, 24 of each "
-                f"30-action chunk executed), randomisation level 0, {args.episodes} episodes per config in batches "
+                f"`solver_iterations`, `ls_iterations`, `eulerdamp`)? Scripted expert "
+                f"(`envs.g1.expert.expert_act`, 24 of each 30-action chunk executed), randomisation level 0, "
+                f"{args.episodes} episodes per config in batches "
                 f"of {args.batch}, the same episode keys for every config, `success_lift` disabled so each "
                 f"episode runs {n_run} control steps. Success = lift >= 0.9 with the box touching the right "
                 f"hand within {args.success_steps} control steps and before any fall. Hold (tests/test_expert.py): "

@@ -87,6 +87,34 @@ def test_solver_reaches_the_compiled_model():
     assert (int(cg.mjx_model.opt.iterations), int(cg.mjx_model.opt.ls_iterations)) == (2, 4)
 
 
+def test_eulerdamp_reaches_the_compiled_model():
+    """config.eulerdamp sets MuJoCo's EULERDAMP disable bit in both the C and the MJX model, nothing else."""
+    bit = int(mujoco.mjtDisableBit.mjDSBL_EULERDAMP)
+    on = envs.make("G1BendPick-v0", eulerdamp=True)
+    off = envs.make("G1BendPick-v0", eulerdamp=False)
+    assert not on.mj_model.opt.disableflags & bit and not int(on.mjx_model.opt.disableflags) & bit
+    assert off.mj_model.opt.disableflags & bit and int(off.mjx_model.opt.disableflags) & bit
+    assert (off.mj_model.opt.disableflags & ~bit) == on.mj_model.opt.disableflags
+
+
+def test_physics_config_parser():
+    """The benchmarks' solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp] syntax, and its errors."""
+    from benchmarks.solver_validation import PhysicsConfig, parse_configs
+
+    default = bendpick.BendPickConfig().eulerdamp
+    got = parse_configs("newton:4:8, CG:2:4:noeulerdamp,newton:3:4:eulerdamp,")
+    assert got == [
+        PhysicsConfig("newton", 4, 8, default),
+        PhysicsConfig("cg", 2, 4, False),
+        PhysicsConfig("newton", 3, 4, True),
+    ]
+    assert got[1].label() == "CG 2/4 no-eulerdamp" and got[2].label() == "NEWTON 3/4"
+    assert got[1].overrides() == {"solver": "cg", "solver_iterations": 2, "ls_iterations": 4, "eulerdamp": False}
+    for bad in ("newton:4", "newton:4:8:fast", "newton:four:8"):
+        with pytest.raises(ValueError, match="config"):
+            parse_configs(bad)
+
+
 def test_layouts_against_joint_names(env, state0):
     m = env.mj_model
     hinge_names = [m.joint(i).name for i in range(m.njnt) if m.jnt_type[i] == mujoco.mjtJoint.mjJNT_HINGE]
