@@ -395,7 +395,9 @@ def _sweep_body(args, rows, notes, triton, timings, traced_at, compiled_at, tota
             f"XLA_FLAGS: `{flags}` (`{TRITON_FLAG}`: {'yes' if triton else 'no'}). MJX physics with the scripted "
             f"expert acting (envs.g1.expert.expert_act, queried every {TA} control steps, its time included), "
             f"{args.steps} timed control steps per row after one warm-up step, from stabilised stands (the default "
-            f"config's reset). Budget {args.budget_s or 'none'} s from process start, {run}; every program "
+            f"config's reset). "
+            + (f"Budget {args.budget_s:.0f} s from process start, " if args.budget_s else "No time budget, ")
+            + f"{run}; every program "
             f"traced by {traced_at:.0f} s and compiled in {args.compile_workers} concurrent threads (compile s "
             f"overlap), compile phase over at {compiled_at:.0f} s ({setup}). 'compiles running' counts compiles "
             "still running (left behind at the deadline) while a row was measured; done = fraction of envs done at "

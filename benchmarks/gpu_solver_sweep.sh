@@ -11,7 +11,9 @@ LOG=${1:-runs/gpu_solver_sweep}
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1
 export RECAP_BENCH_RESULTS=${RECAP_BENCH_RESULTS:-benchmarks/RESULTS_gpu.md}
-SOLVERS=${SOLVERS:-newton:4:8,newton:4:4,newton:3:6,newton:3:4}  # those that pass env_solver_validation
+# The default physics first (Newton 1/4, eulerdamp off), then the old default and two more that pass
+# env_solver_validation: the floor is read from the first row.
+SOLVERS=${SOLVERS:-newton:1:4:noeulerdamp,newton:4:8:eulerdamp,newton:2:4:noeulerdamp,cg:4:8:noeulerdamp}
 BATCHES=${BATCHES:-4096}
 BUDGET_S=${BUDGET_S:-170}
 STEPS=${STEPS:-24}

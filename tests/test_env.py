@@ -76,11 +76,12 @@ def test_make_and_errors():
 
 
 def test_solver_reaches_the_compiled_model():
-    """config.solver/iterations land in the MJX model (no stepping); the default stays Newton 4/8."""
+    """config.solver/iterations land in the MJX model (no stepping); the default is Newton 1/4 (eulerdamp off)."""
     default = envs.make("G1BendPick-v0")
     assert default.config.solver == "newton"
     assert default.mjx_model.opt.solver == mjx.SolverType.NEWTON
-    assert (int(default.mjx_model.opt.iterations), int(default.mjx_model.opt.ls_iterations)) == (4, 8)
+    assert (int(default.mjx_model.opt.iterations), int(default.mjx_model.opt.ls_iterations)) == (1, 4)
+    assert default.mj_model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP
     cg = envs.make("G1BendPick-v0", solver="cg", solver_iterations=2, ls_iterations=4)
     assert cg.mj_model.opt.solver == mujoco.mjtSolver.mjSOL_CG
     assert cg.mjx_model.opt.solver == mjx.SolverType.CG
