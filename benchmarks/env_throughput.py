@@ -224,7 +224,7 @@ TRITON_FLAG = "--xla_gpu_triton_gemm_any=True"
 
 
 def parse_solvers(text: str) -> list:
-    """``"newton:4:8,cg:2:4,newton:4:8:noeulerdamp"`` -> ``solver_validation.PhysicsConfig`` list (one parser)."""
+    """``"newton:4:8,cg:2:4,newton:4:8:noeulerdamp"`` -> ``envs.g1.bendpick.Physics`` list (one parser)."""
     from benchmarks.solver_validation import parse_configs
 
     try:
@@ -430,6 +430,7 @@ def main() -> None:
 
     import envs
     from benchmarks._results import machine_description, markdown_table, write_section
+    from envs.g1.bendpick import describe_physics
 
     _platform.enable_compilation_cache()
     if args.gpu and jax.default_backend() != "gpu":
@@ -480,7 +481,7 @@ def main() -> None:
             "(other jobs share these cores: absolute rates are low, compare rows of one run).",
             "",
             f"Model: G1 + Dex3 BendPick, {m.ngeom} geoms ({int(((m.geom_contype | m.geom_conaffinity) > 0).sum())} "
-            f"colliding), {ncand} MJX contact slots, solver {mujoco_solver(m)}, dt {m.opt.timestep}, "
+            f"colliding), {ncand} MJX contact slots, solver {describe_physics(m)}, dt {m.opt.timestep}, "
             f"{substeps} substeps per 50 Hz control step. MJX action: {policy}; the C MuJoCo rows hold the "
             "stand controls. Single-env reset compile "
             f"{reset_compile:.0f} s (includes 60 stand steps).",
@@ -516,18 +517,6 @@ def main() -> None:
         print(sweep_body)
         if not args.no_write:
             write_section("env_solver_sweep", sweep_body)
-
-
-def mujoco_solver(m) -> str:
-    """A short description of the solver options."""
-    import mujoco
-
-    return (
-        f"{mujoco.mjtSolver(m.opt.solver).name.removeprefix('mjSOL_')} "
-        f"{m.opt.iterations} iterations / {m.opt.ls_iterations} line-search, "
-        f"{mujoco.mjtIntegrator(m.opt.integrator).name.removeprefix('mjINT_')}"
-        + (" (eulerdamp off)" if m.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP else "")
-    )
 
 
 if __name__ == "__main__":

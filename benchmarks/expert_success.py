@@ -80,10 +80,10 @@ def main() -> None:
     if args.no_write:
         return
     cfg = E.default_config()
-    from benchmarks.env_throughput import mujoco_solver
+    from envs.g1.bendpick import describe_physics
 
     parts = [
-        f"Machine: {machine_description()}. Physics: the env's default, {mujoco_solver(env.mj_model)}. "
+        f"Machine: {machine_description()}. Physics: the env's default, {describe_physics(env.mj_model)}. "
         f"Scripted expert (`envs.g1.expert.expert_act`), 24 of each 30-action chunk executed, episodes cut at "
         f"{args.max_steps or 600} control steps (limit 600; the plan lifts by "
         f"step ~170 and has no retry, so later successes are not expected); success = box lifted >= 9 cm while "

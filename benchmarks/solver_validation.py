@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import NamedTuple
 
 from recap_jax import _platform
 
@@ -36,9 +35,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import envs  # noqa: E402
-import envs.g1.bendpick  # noqa: E402
 from benchmarks._results import machine_description, markdown_table, write_section  # noqa: E402
 from envs.g1 import expert as E  # noqa: E402
+from envs.g1.bendpick import Physics, parse_physics  # noqa: E402
 
 SETTLE_STEPS = 20  # as tests/test_expert.py: the hold window starts 0.4 s after the arm lift ends
 HOLD_STEPS = 100  # 2 s at 50 Hz
@@ -50,53 +49,10 @@ DEFAULT_CONFIGS = (
 )
 
 
-class PhysicsConfig(NamedTuple):
-    """One physics setting under test: the ``G1BendPick-v0`` overrides of ``overrides()``."""
-
-    solver: str
-    iterations: int
-    ls_iterations: int
-    eulerdamp: bool = True
-
-    def overrides(self) -> dict:
-        return {
-            "solver": self.solver,
-            "solver_iterations": self.iterations,
-            "ls_iterations": self.ls_iterations,
-            "eulerdamp": self.eulerdamp,
-        }
-
-    def label(self) -> str:
-        """E.g. ``NEWTON 4/8`` or ``NEWTON 4/8 no-eulerdamp``."""
-        return f"{self.solver.upper()} {self.iterations}/{self.ls_iterations}" + (
-            "" if self.eulerdamp else " no-eulerdamp"
-        )
-
-
-def parse_configs(text: str) -> list[PhysicsConfig]:
-    """``"newton:4:8,cg:2:4,newton:3:4:noeulerdamp"`` -> ``[PhysicsConfig("newton", 4, 8, ...), ...]``.
-
-    Each item is ``solver:iterations:ls_iterations`` with an optional fourth field, ``eulerdamp`` or
-    ``noeulerdamp`` (joint damping integrated implicitly or explicitly); without it, the env's default
-    (``BendPickConfig.eulerdamp``).
-    """
-    default_eulerdamp = envs.g1.bendpick.BendPickConfig().eulerdamp
-    out = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        parts = item.strip().lower().split(":")
-        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("eulerdamp", "noeulerdamp")):
-            raise ValueError(
-                f"config {item!r} is not solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp] (e.g. newton:4:8)"
-            )
-        try:
-            iters, ls = int(parts[1]), int(parts[2])
-        except ValueError:
-            raise ValueError(f"config {item!r}: iterations and ls_iterations must be integers") from None
-        eulerdamp = default_eulerdamp if len(parts) == 3 else parts[3] == "eulerdamp"
-        out.append(PhysicsConfig(parts[0], iters, ls, eulerdamp))
-    return out
+def parse_configs(text: str) -> list[Physics]:
+    """``"newton:4:8,cg:2:4,newton:3:4:noeulerdamp"`` -> a list of ``envs.g1.bendpick.Physics`` (empty items
+    skipped); the syntax is ``envs.g1.bendpick.parse_physics``'s."""
+    return [parse_physics(item) for item in text.split(",") if item.strip()]
 
 
 def summarise(rec: dict, success_steps: int, hold_start: int) -> dict:

@@ -35,6 +35,7 @@ def make_env(cfg: StudyConfig):
 @functools.lru_cache(maxsize=4)
 def _make_env(settings):
     import envs
+    from envs.g1.bendpick import parse_physics
 
     cfg = settings
     env = envs.make(
@@ -43,6 +44,7 @@ def _make_env(settings):
         image_size=tuple(cfg.image_size),
         randomization_level=cfg.randomization_level,
         camera=False,  # the rollout renders at decision points only
+        **(parse_physics(cfg.physics).overrides() if cfg.physics else {}),
     )
     # System-0's warn-once host callback (jax.debug.callback) keeps every program that steps the env out
     # of JAX's persistent compilation cache ("uses host callbacks"), so each stage would recompile the

@@ -40,6 +40,9 @@ class EnvSettings:
     image_size: tuple[int, int] = (192, 320)  # (H, W): Ψ0's 180×320 rounded up to 32 px (60 visual tokens)
     randomization_level: int = 1
     replan_every: int = 24  # Ta: executed actions per chunk before re-querying
+    # MuJoCo solver and damping, "solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp]"
+    # (envs.g1.bendpick.parse_physics), e.g. "newton:4:8:noeulerdamp"; "" = the env's default physics.
+    physics: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,10 @@ class StudyConfig:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.demos.dart and self.demos.expert_noise <= 0.0:
             raise ValueError("demos.dart needs demos.expert_noise > 0 (the noise that drives the robot off-path)")
+        if self.env.physics:
+            from envs.g1.bendpick import parse_physics
+
+            parse_physics(self.env.physics)  # ValueError naming the problem
 
     def env_steps(self) -> dict[str, int]:
         """Upper bound on control steps simulated per stage (episodes × episode limit)."""

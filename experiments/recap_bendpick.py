@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import collect, common, evaluate, finetune, label, report, sft, train_value
+from experiments import collect, common, evaluate, finetune, glue, label, report, sft, train_value
 from experiments.presets import StudyConfig, get_preset, override
 
 DEVIATIONS = (
@@ -66,6 +66,8 @@ class Args:
       cfg_beta: classifier-free guidance β for recap_high at evaluation (needs --indicator-dropout > 0).
       indicator_dropout: probability of training RECAP on the bare prompt (π*0.6: 0.3).
       n_step: N-step advantages over N decision points (default: the paper's full return minus V̂).
+      physics: the env's MuJoCo solver and damping, solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp]
+        (e.g. newton:4:8:noeulerdamp; default: the preset's, normally the env's default physics).
     """
 
     out: Path
@@ -75,6 +77,7 @@ class Args:
     cfg_beta: float | None = None
     indicator_dropout: float | None = None
     n_step: int | None = None
+    physics: str | None = None
 
 
 def configure(args: Args) -> StudyConfig:
@@ -89,6 +92,8 @@ def configure(args: Args) -> StudyConfig:
         changes["finetune.indicator_dropout"] = args.indicator_dropout
     if args.n_step is not None:
         changes["labels.n_step"] = args.n_step
+    if args.physics is not None:
+        changes["env.physics"] = args.physics
     if path.exists():
         cfg = common.load_or_init_config(args.out, args.preset, args.seed)
         if changes and override(cfg, **changes) != cfg:
@@ -123,8 +128,11 @@ def run_study(cfg: StudyConfig, out: Path) -> dict:
         evaluate.run(cfg, out, it)
         blocks.append(results_block(cfg, out, it))
     results = dict(blocks[-1])
+    from envs.g1.bendpick import describe_physics
+
     results["provenance"] = {
         **prov,
+        "physics": describe_physics(glue.make_env(cfg).mj_model),
         "deviations": deviations(cfg),
         "config": cfg.to_dict(),
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),

@@ -99,21 +99,29 @@ def test_eulerdamp_reaches_the_compiled_model():
 
 
 def test_physics_config_parser():
-    """The benchmarks' solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp] syntax, and its errors."""
-    from benchmarks.solver_validation import PhysicsConfig, parse_configs
+    """``solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp]`` (benchmarks, the study's env.physics)."""
+    from benchmarks.solver_validation import parse_configs
 
     default = bendpick.BendPickConfig().eulerdamp
     got = parse_configs("newton:4:8, CG:2:4:noeulerdamp,newton:3:4:eulerdamp,")
     assert got == [
-        PhysicsConfig("newton", 4, 8, default),
-        PhysicsConfig("cg", 2, 4, False),
-        PhysicsConfig("newton", 3, 4, True),
+        bendpick.Physics("newton", 4, 8, default),
+        bendpick.Physics("cg", 2, 4, False),
+        bendpick.Physics("newton", 3, 4, True),
     ]
     assert got[1].label() == "CG 2/4 no-eulerdamp" and got[2].label() == "NEWTON 3/4"
     assert got[1].overrides() == {"solver": "cg", "solver_iterations": 2, "ls_iterations": 4, "eulerdamp": False}
-    for bad in ("newton:4", "newton:4:8:fast", "newton:four:8"):
-        with pytest.raises(ValueError, match="config"):
-            parse_configs(bad)
+    for bad, match in (
+        ("newton:4", "is not solver"),
+        ("newton:4:8:fast", "is not solver"),
+        ("newton:four:8", "must be integers"),
+        ("pgs:4:8", "solver must be one of"),
+        ("newton:0:8", "solver_iterations must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            bendpick.parse_physics(bad)
+    env = envs.make("G1BendPick-v0", **bendpick.parse_physics("cg:2:4:noeulerdamp").overrides())
+    assert bendpick.describe_physics(env.mj_model) == "CG 2 iterations / 4 line-search, EULER (eulerdamp off)"
 
 
 def test_layouts_against_joint_names(env, state0):

@@ -72,6 +72,21 @@ def test_override_and_validation():
         presets.override(cfg, **{"evaluate.cfg_beta": 2.0})
 
 
+def test_env_physics_setting():
+    """env.physics is validated with the preset and reaches the study's env (glue.make_env)."""
+    from experiments import common, glue
+
+    assert presets.get_preset("smoke").env.physics == ""  # the env's default physics
+    cfg = presets.override(presets.get_preset("smoke"), **{"env.physics": "newton:4:8:eulerdamp"})
+    env = glue.make_env(cfg)
+    assert (env.config.solver_iterations, env.config.ls_iterations, env.config.eulerdamp) == (4, 8, True)
+    assert common.config_from_dict(cfg.to_dict()).env.physics == "newton:4:8:eulerdamp"
+    with pytest.raises(ValueError, match="is not solver:iterations"):
+        presets.override(cfg, **{"env.physics": "newton:4"})
+    with pytest.raises(ValueError, match="solver must be one of"):
+        presets.override(cfg, **{"env.physics": "pgs:4:8"})
+
+
 def test_smoke_budget_is_small():
     s = presets.get_preset("smoke")
     assert sum(s.env_steps().values()) <= 20_000

@@ -46,7 +46,7 @@ touches (a box under it is drawn); distractors are contact-free mocap bodies.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,6 +110,61 @@ class BendPickConfig:
             raise ValueError(f"image_size must be (H, W) with positive entries, got {self.image_size}")
         if not 0.0 <= self.table_height <= 0.6:
             raise ValueError(f"table_height must be in [0, 0.6] m, got {self.table_height}")
+
+
+class Physics(NamedTuple):
+    """A physics setting: the ``G1BendPick-v0`` overrides ``solver``, ``solver_iterations``, ``ls_iterations``
+    and ``eulerdamp`` (``overrides()``), written ``solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp]``."""
+
+    solver: str
+    iterations: int
+    ls_iterations: int
+    eulerdamp: bool
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            "solver": self.solver,
+            "solver_iterations": self.iterations,
+            "ls_iterations": self.ls_iterations,
+            "eulerdamp": self.eulerdamp,
+        }
+
+    def label(self) -> str:
+        """E.g. ``NEWTON 4/8`` (eulerdamp on) or ``NEWTON 1/4 no-eulerdamp``."""
+        return f"{self.solver.upper()} {self.iterations}/{self.ls_iterations}" + (
+            "" if self.eulerdamp else " no-eulerdamp"
+        )
+
+
+def parse_physics(text: str) -> Physics:
+    """``"newton:4:8"`` or ``"newton:1:4:noeulerdamp"`` -> ``Physics``; raises ValueError naming the problem.
+
+    Without the fourth field, eulerdamp is the default config's (``BendPickConfig.eulerdamp``).
+    """
+    parts = text.strip().lower().split(":")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("eulerdamp", "noeulerdamp")):
+        raise ValueError(
+            f"physics config {text!r} is not solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp] (e.g. newton:4:8)"
+        )
+    try:
+        iters, ls = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"physics config {text!r}: iterations and ls_iterations must be integers") from None
+    eulerdamp = BendPickConfig.eulerdamp if len(parts) == 3 else parts[3] == "eulerdamp"
+    physics = Physics(parts[0], iters, ls, eulerdamp)
+    dataclasses.replace(BendPickConfig(), **physics.overrides()).validate()  # unknown solver, iterations < 1
+    return physics
+
+
+def describe_physics(m: mujoco.MjModel) -> str:
+    """One line naming a compiled model's solver, its iteration caps and integrator, e.g.
+    ``NEWTON 1 iterations / 4 line-search, EULER (eulerdamp off)``."""
+    return (
+        f"{mujoco.mjtSolver(m.opt.solver).name.removeprefix('mjSOL_')} "
+        f"{m.opt.iterations} iterations / {m.opt.ls_iterations} line-search, "
+        f"{mujoco.mjtIntegrator(m.opt.integrator).name.removeprefix('mjINT_')}"
+        + (" (eulerdamp off)" if m.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_EULERDAMP else "")
+    )
 
 
 def default_config() -> BendPickConfig:

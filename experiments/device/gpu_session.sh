@@ -9,7 +9,8 @@
 #
 # Knobs (environment): MODE (study: the study, then one pass of benchmarks/gpu_solver_sweep.sh without the
 # triton flag if >= 150 s are left; sweep: only that script, without and with the triton GEMM flag, ~6 min),
-# PRESET (gpu), STUDY_S (study limit, 480), TOTAL_S (whole call, 570), SWEEP (0: no sweep after the study),
+# PRESET (gpu), PHYSICS (the study's --physics, e.g. newton:4:8:noeulerdamp; default: the env's),
+# STUDY_S (study limit, 480), TOTAL_S (whole call, 570), SWEEP (0: no sweep after the study),
 # RUN_DIR (runs/$PRESET). What is worth keeping is copied to $OUT (at most 8 files come back): study.log,
 # <preset>_results.tar.gz (everything but checkpoints and episode stores), results.json, table1.md,
 # sweep.log, sweep_logs.tar.gz, RESULTS_gpu.md (benchmark sections to merge into RESULTS.md).
@@ -49,7 +50,8 @@ if [ "${MODE:-study}" = sweep ]; then
 fi
 
 # The study: stages already done in RUN_DIR are skipped; progress bars are dropped from the log.
-timeout -k 15 "$STUDY_S" $PY -m experiments.recap_bendpick --preset "$PRESET" --out "$RUN_DIR" 2>&1 \
+timeout -k 15 "$STUDY_S" $PY -m experiments.recap_bendpick --preset "$PRESET" --out "$RUN_DIR" \
+  ${PHYSICS:+--physics "$PHYSICS"} 2>&1 \
   | tr '\r' '\n' | grep -v -E '(ep/s|it/s|s/it|s/ep|s/step|step/s)' | tee -a "$OUT/study.log"
 RC=${PIPESTATUS[0]}
 echo "== study rc=$RC after $(( $(date +%s) - T0 )) s" | tee -a "$OUT/study.log"
