@@ -11,6 +11,8 @@ import json
 
 import pytest
 
+import envs
+from envs.g1.bendpick import describe_physics
 from experiments import common, presets, recap_bendpick, report
 
 
@@ -50,6 +52,7 @@ def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
     assert set(saved["value_function"]) == set(recap_bendpick.train_value.VF_KEYS)
     assert saved["rollouts"]["episodes"] == 8
     assert saved["seconds"]["total"] > 0 and saved["provenance"]["deviations"]
+    assert saved["provenance"]["physics"] == describe_physics(envs.make("G1BendPick-v0").mj_model)  # the default
     for name in ("table1.md", "fig2_success_rates.png", "fig6_differences.png"):
         assert (out / name).stat().st_size > 0
     assert "RECAP-high" in table and "BC-all" in table
