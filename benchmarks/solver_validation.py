@@ -42,7 +42,6 @@ from envs.g1.bendpick import Physics, parse_physics  # noqa: E402
 SETTLE_STEPS = 20  # as tests/test_expert.py: the hold window starts 0.4 s after the arm lift ends
 HOLD_STEPS = 100  # 2 s at 50 Hz
 SLIP_LIMIT = 0.01  # m
-EXECUTE = 24  # actions executed per 30-action expert chunk (E.rollout_records), as in the rollouts
 # The configs of the env_solver_validation section, in the order they were run.
 DEFAULT_CONFIGS = (
     "newton:4:8,cg:4:8,newton:2:4,cg:2:4,newton:1:4,newton:4:4,newton:3:8,newton:3:6,newton:4:6,cg:8:8,newton:3:4"
@@ -121,7 +120,7 @@ def main() -> None:
         jax.random.split(jax.random.fold_in(jax.random.PRNGKey(args.seed), b), args.batch) for b in range(n_batches)
     ]
     rows = _existing_rows(args.section) if args.append else []
-    n_run = -(-n_steps // EXECUTE) * EXECUTE
+    n_run = -(-n_steps // E.EXECUTE) * E.EXECUTE  # whole chunks, as E.rollout_records runs them
     for config in configs:
         env = envs.make(
             "G1BendPick-v0",

@@ -41,6 +41,7 @@ from envs.g1 import kinematics as K
 from envs.g1 import system0
 
 HORIZON = 30
+EXECUTE = 24  # actions executed per chunk before re-querying (rollout_records, rollout_stats), as in the rollouts
 ARM_SEED = (-0.5, -0.1, 0.0, 0.3, -1.57, 0.0, 0.0)  # IK start: forearm forward, palm down
 IK_ITERS = 20  # damped-least-squares iterations per IK solve
 
@@ -282,7 +283,6 @@ def rollout_records(env, params: ExpertConfig, keys: jax.Array, n_steps: int, ac
       dict of [T, B] arrays (T = n_steps rounded up to a multiple of 24): ``lift``, ``contact`` (hand-box),
       ``fell``, ``nan`` f32, and ``rel`` f32[T, B, 3] (box position minus right-palm position).
     """
-    execute = 24
     state = jax.vmap(env.reset)(keys)
     step = jax.vmap(env.step)
 
@@ -302,11 +302,11 @@ def rollout_records(env, params: ExpertConfig, keys: jax.Array, n_steps: int, ac
                 "rel": priv["obj_pos"] - priv["palm_pos"],
             }
 
-        state, rec = jax.lax.scan(inner, state, jnp.swapaxes(actions[:, :execute], 0, 1))
+        state, rec = jax.lax.scan(inner, state, jnp.swapaxes(actions[:, :EXECUTE], 0, 1))
         return (state, key), rec
 
     key0 = jax.random.PRNGKey(7) if act_key is None else act_key
-    _, rec = jax.lax.scan(chunk, (state, key0), None, length=-(-n_steps // execute))
+    _, rec = jax.lax.scan(chunk, (state, key0), None, length=-(-n_steps // EXECUTE))
     return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), rec)
 
 
@@ -323,9 +323,8 @@ def rollout_stats(env, params: ExpertConfig, keys: jax.Array, *, max_steps: int 
       dict of [B] arrays: ``success`` bool, ``fell`` bool, ``steps`` int32 (control steps until done, or
       the steps run), ``lift`` f32 (final lift fraction).
     """
-    execute = 24
     limit = int(max_steps or env.config.episode_length)
-    n_chunks = -(-limit // execute)
+    n_chunks = -(-limit // EXECUTE)
     reset_keys, act_keys = jax.vmap(lambda k: jax.random.split(k))(keys).transpose(1, 0, 2)
     state = jax.vmap(env.reset)(reset_keys)
     step = jax.vmap(env.step)
@@ -344,7 +343,7 @@ def rollout_stats(env, params: ExpertConfig, keys: jax.Array, *, max_steps: int 
             n = n + (s.done == 0).astype(jnp.int32)
             return (s, n), None
 
-        (state, steps), _ = jax.lax.scan(inner, (state, steps), jnp.arange(execute))
+        (state, steps), _ = jax.lax.scan(inner, (state, steps), jnp.arange(EXECUTE))
         return i + 1, state, key, steps
 
     def cond(carry):
