@@ -12,8 +12,8 @@ study's config (``envs.make("G1BendPick-v0")``); the action is the scripted expe
 the nominal stand command), as the table says. Compile time is reported separately, not counted.
 
 Solver sweep (``--solvers solver:iterations:ls_iterations,...``): the same MJX measurement (expert acting)
-for each physics config (the env overrides ``solver``, ``solver_iterations``, ``ls_iterations``, and
-``eulerdamp`` for a ``:noeulerdamp`` suffix) at each
+for each physics config (``envs.g1.bendpick.parse_physics``: the env overrides ``solver``,
+``solver_iterations``, ``ls_iterations`` and ``eulerdamp``, from an optional ``:eulerdamp``/``:noeulerdamp``) at each
 batch size, and nothing else. One single-env reset (the default config) and one expert compile per batch
 size serve every config; each config's ``jit(vmap(env.step))`` is compiled ahead of time (``--compile-workers``
 > 1 compiles them concurrently in threads). ``--budget-s`` bounds the whole run: configs go in order and
@@ -54,7 +54,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--solvers",
         default="",
-        help="solver sweep mode: comma-separated solver:iterations:ls_iterations[:noeulerdamp], e.g. newton:4:8,cg:2:4",
+        help="solver sweep mode: comma-separated solver:iterations:ls_iterations[:eulerdamp|:noeulerdamp], "
+        "e.g. newton:4:8,cg:2:4:noeulerdamp",
     )
     p.add_argument("--budget-s", type=float, default=0.0, help="solver sweep: total time budget (0 = none)")
     p.add_argument("--compile-workers", type=int, default=4, help="solver sweep: concurrent compile threads")

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import envs  # noqa: E402
 from benchmarks._results import machine_description, markdown_table, write_section  # noqa: E402
 from envs.g1 import expert as E  # noqa: E402
+from envs.g1.bendpick import describe_physics  # noqa: E402
 
 
 def run(env, fn, params: E.ExpertConfig, episodes: int, batch: int, seed: int) -> dict:
@@ -80,8 +81,6 @@ def main() -> None:
     if args.no_write:
         return
     cfg = E.default_config()
-    from envs.g1.bendpick import describe_physics
-
     parts = [
         f"Machine: {machine_description()}. Physics: the env's default, {describe_physics(env.mj_model)}. "
         f"Scripted expert (`envs.g1.expert.expert_act`), 24 of each 30-action chunk executed, episodes cut at "
