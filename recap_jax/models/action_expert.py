@@ -5,25 +5,29 @@ Flow time is Ψ0's: σ = 1 is noise, σ = 0 is data; the expert predicts the vel
 Forward pass (B batch, H chunk, A action dim, D width, N context tokens, C context width):
 
 * time: t = 1000·σ per action token → [cos, sin] of 128 frequencies (256) → Linear(256→D) → SiLU →
-  Linear(D→D): ``temb`` [B, H, D], one per action token (so a frozen prefix can carry its own σ). The
-  observation stream's modulation uses the mean over the H tokens, which equals the shared embedding
-  whenever all tokens have the same σ (always, in training and plain sampling).
+  Linear(D→D): ``temb`` [B, H, D], one per action token (so a clean RTC prefix can carry σ = 0). The
+  observation stream is modulated with the embedding of the **last** action token (``temb[:, -1]``, as
+  Ψ0), which equals the shared embedding whenever all tokens have the same σ.
 * action tokens: Linear(A→A) → GELU(tanh) → Linear(A→D), plus a learned [H, D] position table.
-* observation tokens: [state token; context tokens] where the state token is Linear(A→D) of the
-  state padded to A (dropout 0.2 on its input) and the context tokens are Linear(C→D) of the System-2
-  features (dropout 0.1 on their input), plus a fixed sinusoidal position table over the N + 1 tokens.
-  The state token comes first so that right-padding the context never moves a real token.
+* observation tokens: [context tokens; state token] (Ψ0's order: the state token is appended **last**)
+  where the context tokens are Linear(C→D) of the System-2 features and the state token is
+  Linear(A→D) of the state padded to A (dropout 0.2 on its input), plus Ψ0's fixed sinusoidal table at
+  positions 0..N, laid out interleaved (pe[p, 2i] = sin(p·w_i), pe[p, 2i+1] = cos(p·w_i),
+  w_i = 1e4^(−2i/D), ``psi0_positions``), then dropout 0.1 on all N + 1 tokens (state token included).
 * blocks: two streams with their own adaLN-Zero (6 chunks: shift, scale, gate for attention, then for
   the MLP; LayerNorm without affine, eps 1e-6; x·(1 + scale) + shift), one joint non-causal attention
   over [actions; observations] with per-stream Q/K/V/out projections (bias, no qk-norm), padded
-  observation keys masked, MLPs D → mlp_dim → D with GELU(tanh). In the last block the observation stream
-  only provides keys/values, modulated by a 2-chunk continuous adaLN (scale first); its ``add_q_proj``
-  exists (so the released weights load) but its output cannot reach the actions, so it is not computed
-  here; there is no ``to_add_out`` and no observation MLP there.
+  observation keys masked (action keys never), MLPs D → mlp_dim → D with GELU(tanh). In the last
+  block the observation stream only provides keys/values, modulated by a 2-chunk continuous adaLN
+  (scale first); its ``add_q_proj`` exists (so the released weights load) but its output cannot
+  reach the actions, so it is not computed here (it does not change any output); there is no
+  ``to_add_out`` and no observation MLP there.
 * head: shift, scale = Linear(SiLU(temb)) (shift first); out = Linear(D→A)(x·scale + shift).
 
-Padded action dimensions (``action_dim_mask`` False) are zeroed on input and output; action tokens past
-the episode end (``action_mask`` False, training only) are zeroed and masked as attention keys.
+Padded action dimensions (``action_dim_mask`` False) are zeroed on input and output. Ψ0 masks action
+steps past the episode end in the loss only, never as attention keys, and that is the default here
+(``action_mask=None``); passing ``action_mask`` selects the older behaviour (those tokens zeroed and
+masked as keys).
 
 Initialisation (Ψ0's released weights replace it): block adaLN linears and the output projection are zero
 (adaLN-Zero: every block starts as the identity and the expert outputs 0); the head's modulation is
@@ -32,10 +36,12 @@ LeCun-normal, because with ``out = W(x·scale + shift)`` a zero modulation would
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from recap_jax.models import layers
@@ -98,6 +104,41 @@ PRESETS: dict[str, ActionExpertConfig] = {
 def get_config(preset: str | ActionExpertConfig, **overrides) -> ActionExpertConfig:
     """Preset name (or config) → config, with field overrides; unknown names suggest the closest."""
     return layers.resolve_preset(PRESETS, preset, ActionExpertConfig, "action-expert", **overrides)
+
+
+def psi0_positions(num: int, dim: int) -> jax.Array:
+    """Ψ0's observation position table (``obs_proj.enc_pos.pe``), interleaved sin/cos.
+
+    pe[p, 2i] = sin(p·w_i), pe[p, 2i + 1] = cos(p·w_i), w_i = exp(−2i·ln(1e4)/dim).
+
+    Returns: float32 [num, dim] (dim must be even).
+    """
+    if dim % 2:
+        raise ValueError(f"position encoding width must be even, got {dim}")
+    freqs = jnp.exp(jnp.arange(0, dim, 2, dtype=jnp.float32) * (-math.log(1e4) / dim))
+    arg = jnp.arange(num, dtype=jnp.float32)[:, None] * freqs[None, :]
+    return jnp.stack([jnp.sin(arg), jnp.cos(arg)], axis=-1).reshape(num, dim)
+
+
+def time_frequencies(num_freqs: int = TIME_FREQS) -> np.ndarray:
+    """Ψ0's time frequencies (``time_ins_embed.w``): exp(−k·ln(1e4)/(F − 1)), float32 [F].
+
+    The exponent is formed in float32 as PyTorch does (−k · float32(ln(1e4)/(F − 1))) and exponentiated
+    in float64 then rounded, which reproduces Ψ0's stored table to the bit on all but one of 128 entries
+    (at t = 900 a 1-ulp difference in w moves the velocity by ~1e-5, so the table matters).
+    """
+    k = np.arange(num_freqs, dtype=np.float32)
+    arg = -k * np.float32(math.log(1e4) / (num_freqs - 1))
+    return np.exp(arg.astype(np.float64)).astype(np.float32)
+
+
+def time_embedding(sigma: jax.Array, num_freqs: int = TIME_FREQS) -> jax.Array:
+    """Ψ0's time features: t = 1000·σ, [cos(t·w), sin(t·w)] with w = ``time_frequencies``.
+
+    sigma: float [...] → float32 [..., 2F].
+    """
+    arg = (jnp.asarray(sigma, jnp.float32) * 1000.0)[..., None] * jnp.asarray(time_frequencies(num_freqs))
+    return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=-1)
 
 
 def _token_sigma(sigma: jax.Array, b: int, h: int) -> jax.Array:
@@ -214,8 +255,9 @@ class ActionExpert(nnx.Module):
           context_mask: bool [B, N], False on padded context tokens.
           state: float [B, A] normalised state padded to A.
           action_dim_mask: optional bool [A], False on padded action dimensions.
-          action_mask: optional bool [B, H], False on action tokens past the episode end (training): they
-            are zeroed on input and masked as attention keys, so they cannot affect the valid tokens.
+          action_mask: optional bool [B, H]; None (Ψ0's behaviour, the default) = every action token is
+            a key. Given, tokens where it is False are zeroed and masked as attention keys (the older,
+            non-Ψ0 option; Ψ0 masks padded steps in the loss only).
           dropout_key: PRNG key for the state/context dropouts (training); None = deterministic.
 
         Returns: float32 [B, H, A] velocity.
@@ -234,8 +276,8 @@ class ActionExpert(nnx.Module):
         dmask = None if action_dim_mask is None else jnp.asarray(action_dim_mask, dt)
         k_state, k_ctx = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
 
-        temb = self.time_fc2(jax.nn.silu(self.time_fc1(layers.timestep_embedding(sigma, TIME_FREQS).astype(dt))))
-        emb_obs = jnp.mean(temb.astype(jnp.float32), axis=1).astype(dt)
+        temb = self.time_fc2(jax.nn.silu(self.time_fc1(time_embedding(sigma).astype(dt))))
+        emb_obs = temb[:, -1]  # Ψ0: the observation stream takes the last action token's time embedding
 
         xa = x.astype(dt) if dmask is None else x.astype(dt) * dmask
         if action_mask is not None:
@@ -246,10 +288,11 @@ class ActionExpert(nnx.Module):
         a = self.ac_fc2(layers.gelu_tanh(self.ac_fc1(xa))) + self.dec_pos[...].astype(dt)
 
         s_tok = self.state_proj(layers.dropout(state.astype(dt), cfg.state_dropout, k_state))[:, None, :]
-        c_tok = self.views_proj(layers.dropout(context.astype(dt), cfg.context_dropout, k_ctx))
-        o = jnp.concatenate([s_tok, c_tok], axis=1)
-        o = o + layers.sinusoidal_positions(o.shape[1], cfg.width).astype(dt)
-        obs_mask = jnp.concatenate([jnp.ones((b, 1), bool), context_mask.astype(bool)], axis=1)
+        c_tok = self.views_proj(context.astype(dt))
+        o = jnp.concatenate([c_tok, s_tok], axis=1)  # Ψ0: state token last
+        o = o + psi0_positions(o.shape[1], cfg.width).astype(dt)
+        o = layers.dropout(o, cfg.context_dropout, k_ctx)  # Ψ0: after the projection, state token included
+        obs_mask = jnp.concatenate([context_mask.astype(bool), jnp.ones((b, 1), bool)], axis=1)
 
         for block in self.blocks:
             a, o = block(a, o, temb, emb_obs, act_mask, obs_mask)

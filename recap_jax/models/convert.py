@@ -12,7 +12,15 @@ The key layout (``expert_key_map``) follows the released standalone expert:
       to_out.0,to_add_out}, .ff_{act,obs}.net.{0.proj,2}          → blocks[i].…
     action_proj_out.linear / .adaLN_modulation.1                  → out_proj / out_mod
 
-(The last block has no ``to_add_out`` and no ``ff_obs``.) Loading consumes every key of the file and
+(The last block has no ``to_add_out`` and no ``ff_obs``.) The file also holds Ψ0's two non-trainable
+tensors, ``time_ins_embed.w`` [128] and ``obs_proj.enc_pos.pe`` [max_len, 1, D] (``BUFFER_KEYS``): they
+are checked against what the model computes (``action_expert.time_frequencies`` within 1e-6 relative,
+``psi0_positions`` within 1e-3: the stored float32 table differs from the formula by up to ~2e-4 at
+high positions, more in bf16) and then dropped; ``export_expert_state`` writes them back so the file
+has exactly Ψ0's layout (``load_state_dict(strict=True)``). bf16 files are upcast to float32. A Ψ0 run
+directory (``run_dir/checkpoints/ckpt_N/model.safetensors``, or that file) has the expert under
+``action_header.``: the prefix is stripped and the ``vlm_model.*`` keys are left for System-2 (their
+names are returned by ``read_psi0_checkpoint``). Loading consumes every key of the file and
 reports every missing, unexpected or mis-shaped key in one ``ValueError``. ``blocks_only=True`` loads
 only ``transformer_blocks.*`` (e.g. the released 16-step position table does not fit H = 30): the other
 keys must still be known names, but their shapes are not checked and their values are ignored.
@@ -31,6 +39,13 @@ from flax import nnx
 from recap_jax.models.action_expert import ActionExpertConfig
 
 BLOCK_PREFIX = "transformer_blocks."
+TIME_W_KEY = "time_ins_embed.w"
+OBS_PE_KEY = "obs_proj.enc_pos.pe"
+BUFFER_KEYS = (TIME_W_KEY, OBS_PE_KEY)
+OBS_PE_LEN = 5000  # Ψ0's PositionalEncoding max_len
+PE_TOL = 1e-3
+HEADER_PREFIX = "action_header."
+VLM_PREFIX = "vlm_model."
 
 
 def expert_key_map(cfg: ActionExpertConfig) -> dict[str, tuple[tuple, str]]:
@@ -93,13 +108,87 @@ def _from_torch_layout(value: np.ndarray, kind: str, want: tuple[int, ...]) -> n
     return value if tuple(value.shape) == tuple(want) else None
 
 
+def _resolve_path(path: str | os.PathLike) -> str:
+    """A file, or a Ψ0 run directory → its latest ``checkpoints/ckpt_N/model.safetensors``."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        ck = os.path.join(path, "checkpoints")
+        steps = []
+        if os.path.isdir(ck):
+            for name in os.listdir(ck):
+                f = os.path.join(ck, name, "model.safetensors")
+                if name.startswith("ckpt_") and name[5:].isdigit() and os.path.isfile(f):
+                    steps.append((int(name[5:]), f))
+        if not steps:
+            raise ValueError(f"{path}: a directory without checkpoints/ckpt_N/model.safetensors (not a Ψ0 run dir)")
+        return max(steps)[1]
+    return path
+
+
 def read_safetensors(path_or_tensors: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A safetensors file (or an already loaded dict) → {key: numpy array}."""
+    """A safetensors file (or an already loaded dict) → {key: numpy array} (bf16 kept; the loader upcasts).
+
+    Raises: ValueError naming the file if it cannot be parsed (e.g. truncated).
+    """
     if isinstance(path_or_tensors, Mapping):
         return {k: np.asarray(v) for k, v in path_or_tensors.items()}
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
 
-    return load_file(os.fspath(path_or_tensors))
+    path = _resolve_path(path_or_tensors)
+    out = {}
+    try:
+        with safe_open(path, framework="flax") as f:
+            for k in f.keys():
+                out[k] = np.asarray(f.get_tensor(k))  # bfloat16 stays ml_dtypes bfloat16
+    except Exception as e:  # safetensors raises its own error types on a bad header / short file
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    return out
+
+
+def read_psi0_checkpoint(
+    path_or_tensors: str | os.PathLike | Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Ψ0 weights → (expert tensors with ``action_header.`` stripped, sorted ``vlm_model.*`` key names).
+
+    A standalone expert file has no prefixes and gives an empty VLM list.
+    """
+    src = read_safetensors(path_or_tensors)
+    if not any(k.startswith(HEADER_PREFIX) for k in src):
+        return src, []
+    expert = {k[len(HEADER_PREFIX) :]: v for k, v in src.items() if k.startswith(HEADER_PREFIX)}
+    vlm = sorted(k for k in src if k.startswith(VLM_PREFIX))
+    other = {k: v for k, v in src.items() if not k.startswith((HEADER_PREFIX, VLM_PREFIX))}
+    expert.update(other)  # reported as unexpected by the loader
+    return expert, vlm
+
+
+def _check_buffers(src: dict, cfg: ActionExpertConfig, name: str) -> list[str]:
+    """Checks and removes Ψ0's non-trainable tensors; returns problem strings."""
+    from recap_jax.models.action_expert import psi0_positions, time_frequencies
+
+    problems = []
+    if TIME_W_KEY in src:
+        raw = src.pop(TIME_W_KEY)
+        tol = 1e-5 if raw.dtype == np.float32 else 1e-2  # relative; bf16 keeps 8 bits
+        w, ref = np.asarray(raw, np.float32), time_frequencies()
+        if w.shape != ref.shape:
+            problems.append(f"{TIME_W_KEY}: file {w.shape}, expected {ref.shape}")
+        elif np.max(np.abs(w - ref) / ref) > tol:
+            problems.append(f"{TIME_W_KEY}: differs from Ψ0's frequencies by {np.max(np.abs(w - ref)):.3g}")
+    if OBS_PE_KEY in src:
+        raw = src.pop(OBS_PE_KEY)
+        # float32: within 1e-3; bf16 rounds values near 1 by up to 2^-9, so allow one bf16 ulp there.
+        tol = PE_TOL if raw.dtype == np.float32 else 2.0**-8
+        pe = np.asarray(raw, np.float32)
+        if pe.ndim == 3 and pe.shape[1] == 1:
+            pe = pe[:, 0]
+        if pe.ndim != 2 or pe.shape[1] != cfg.width:
+            problems.append(f"{OBS_PE_KEY}: file shape {pe.shape}, expected [N, 1, {cfg.width}]")
+        else:
+            err = float(np.max(np.abs(pe - np.asarray(psi0_positions(pe.shape[0], cfg.width)))))
+            if err > tol:
+                problems.append(f"{OBS_PE_KEY}: differs from Ψ0's interleaved sin/cos table by {err:.3g} > {tol:.3g}")
+    return problems
 
 
 def load_expert_state(
@@ -112,7 +201,9 @@ def load_expert_state(
     """Loads released weights into (a copy of) the expert's parameter state.
 
     Args:
-      tensors: path of a safetensors file or a {key: array} dict in the released layout.
+      tensors: path of a safetensors file (float32 or bf16; the standalone expert or a run checkpoint
+        with ``action_header.*`` keys), a Ψ0 run directory, or a {key: array} dict in the released layout.
+        ``time_ins_embed.w`` / ``obs_proj.enc_pos.pe`` are optional and checked if present.
       expert_state: the expert's ``nnx.State`` (e.g. ``nnx.state(expert)`` or ``params.model["expert"]``);
         it supplies the target shapes and the values of anything not loaded.
       cfg: the expert's config (depth decides which keys exist).
@@ -121,9 +212,13 @@ def load_expert_state(
     Returns: a new ``nnx.State`` (float32 parameters).
 
     Raises:
-      ValueError naming every missing, unexpected and mis-shaped key.
+      ValueError naming the file and every missing, unexpected and mis-shaped key (and a non-trainable
+      tensor that disagrees with the model's formula); an unreadable/truncated file also names the file.
     """
-    src = read_safetensors(tensors)
+    name = "<dict>" if isinstance(tensors, Mapping) else _resolve_path(tensors)
+    src, _vlm = read_psi0_checkpoint(tensors)
+    src = dict(src)
+    buffer_problems = _check_buffers(src, cfg, name)
     key_map = expert_key_map(cfg)
     pure = nnx.to_pure_dict(expert_state)
     missing, mismatched = [], []
@@ -136,13 +231,13 @@ def load_expert_state(
             missing.append(key)
             continue
         want = tuple(_get(pure, path).shape)
-        value = _from_torch_layout(np.asarray(src[key]), kind, want)
+        value = _from_torch_layout(np.asarray(src[key], np.float32), kind, want)
         if value is None:
             torch_want = want[::-1] if kind == "linear_w" else want
             mismatched.append(f"{key}: file {tuple(src[key].shape)}, expected {torch_want}")
             continue
         _set(pure, path, jnp.asarray(value, jnp.float32))
-    problems = []
+    problems = list(buffer_problems)
     if missing:
         problems.append(f"missing keys ({len(missing)}): {missing}")
     if unexpected:
@@ -150,7 +245,7 @@ def load_expert_state(
     if mismatched:
         problems.append(f"mis-shaped keys ({len(mismatched)}): {mismatched}")
     if problems:
-        raise ValueError("cannot load Ψ0 expert weights: " + "; ".join(problems))
+        raise ValueError(f"cannot load Ψ0 expert weights from {name}: " + "; ".join(problems))
     out = jax_tree_copy(expert_state)
     nnx.replace_by_pure_dict(out, pure)
     return out
@@ -162,12 +257,19 @@ def jax_tree_copy(state: nnx.State) -> nnx.State:
 
 
 def export_expert_state(expert_state: nnx.State, cfg: ActionExpertConfig) -> dict[str, np.ndarray]:
-    """Expert parameter state → {released key: float32 numpy array} (PyTorch layout)."""
+    """Expert parameter state → {released key: float32 numpy array}, Ψ0's full standalone layout
+    (PyTorch [out, in] weights, ``dec_pos`` [H, D], plus ``time_ins_embed.w`` [128] and
+    ``obs_proj.enc_pos.pe`` [5000, 1, D]), as Ψ0's ``load_state_dict(strict=True)`` expects."""
+    from recap_jax.models.action_expert import psi0_positions, time_frequencies
+
     pure = nnx.to_pure_dict(expert_state)
-    return {
+    out = {
         key: _to_torch_layout(np.asarray(_get(pure, path), np.float32), kind)
         for key, (path, kind) in expert_key_map(cfg).items()
     }
+    out[TIME_W_KEY] = time_frequencies()
+    out[OBS_PE_KEY] = np.asarray(psi0_positions(OBS_PE_LEN, cfg.width))[:, None, :]
+    return out
 
 
 def save_expert_safetensors(expert_state: nnx.State, cfg: ActionExpertConfig, path: str | os.PathLike) -> None:
