@@ -5,7 +5,7 @@ Flow-time convention (Ψ0's, the only one used in this package):
     σ = 1 is pure noise, σ = 0 is data;   x_σ = (1 − σ)·x + σ·ε;   velocity target v = dx_σ/dσ = ε − x.
 
 Sampling integrates dx/dσ = v from σ = 1 (x = ε ~ N(0, I)) down to σ = 0 with Euler steps
-``x ← x − Δσ·v(x, σ)``.
+``x ← x + (σ_next − σ)·v(x, σ)`` on Ψ0's grid (``sigma_grid``).
 
 Per-example parameters (``sigma``, ``beta``, a chunk ``mask``) are *leading-aligned*: an array with fewer
 axes than the actions is matched against the leading axes and broadcast over the trailing ones, so σ of
@@ -20,8 +20,12 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SIGMA_KINDS = ("uniform", "beta")
+LOSS_REDUCTIONS = ("mean", "per_example", "psi0", "psi0_per_example")
+SAMPLER_GRIDS = ("psi0", "uniform")
+PSI0_TRAIN_STEPS = 1000  # diffusers FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000), no shift
 # openpi's π0 draws t ~ Beta(1.5, 1) and maps it to t·0.999 + 0.001 so that σ never hits 0 exactly.
 BETA_ALPHA = 1.5
 BETA_BETA = 1.0
@@ -99,7 +103,11 @@ def flow_matching_loss(
       dim_mask: optional bool/float [D] action-dimension mask (trailing-aligned), e.g. False on padded
         action dimensions. Combined with ``mask`` by multiplication.
       reduction: "mean" → float32 [] = Σ m·(pred − target)² / Σ m over every (b, h, d) entry;
-        "per_example" → float32 [B], the same ratio taken per leading index (0 where nothing is valid).
+        "per_example" → float32 [B], the same ratio taken per leading index (0 where nothing is valid);
+        "psi0" → float32 [], Ψ0's fine-tuning loss: m·(pred − target)² summed over the chunk's time
+        steps, mean over the batch, then a weighted sum over the D dims with weight 1/D each, i.e.
+        Σ m·err / (B·D) (not normalised by the number of valid entries);
+        "psi0_per_example" → float32 [B], Ψ0's loss per example (Σ_{h,d} m·err / D; its batch mean is "psi0").
 
     Masked entries are removed with ``where`` (not multiplied), so padding may hold any finite or
     non-finite value without leaking into the loss or its gradient. An all-masked batch gives 0.
@@ -107,8 +115,8 @@ def flow_matching_loss(
     Returns: float32 [] or float32 [B].
     """
     _check_same_shape(pred=pred, actions=actions, noise=noise)
-    if reduction not in ("mean", "per_example"):
-        raise ValueError(f"unknown reduction {reduction!r}; expected 'mean' or 'per_example'")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {LOSS_REDUCTIONS}")
     ndim = jnp.ndim(pred)
     if ndim < 1:
         raise ValueError(f"pred must have at least one axis, got shape {jnp.shape(pred)}")
@@ -135,9 +143,12 @@ def _masked_mse(pred, actions, noise, mask, dim_mask, reduction):
         weight = weight * dim_mask.astype(jnp.float32)
     diff = pred.astype(jnp.float32) - (noise.astype(jnp.float32) - actions.astype(jnp.float32))
     err = jnp.square(jnp.where(weight > 0, diff, 0.0)) * weight  # where before the square: finite gradients
+    axes = tuple(range(1, pred.ndim))
+    if reduction in ("psi0", "psi0_per_example"):
+        per_example = jnp.sum(err, axis=axes) / pred.shape[-1]
+        return jnp.mean(per_example) if reduction == "psi0" else per_example
     if reduction == "mean":
         return jnp.sum(err) / jnp.maximum(jnp.sum(weight), 1e-12)
-    axes = tuple(range(1, pred.ndim))
     return jnp.sum(err, axis=axes) / jnp.maximum(jnp.sum(weight, axis=axes), 1e-12)
 
 
@@ -162,32 +173,83 @@ def sample_sigma(key: jax.Array, shape: tuple[int, ...], kind: str = "uniform") 
     raise ValueError(f"unknown sigma kind {kind!r}; expected one of {SIGMA_KINDS}")
 
 
-def _euler_body(velocity_fn, x, sigma_pair):
-    sigma, sigma_next = sigma_pair
-    v = velocity_fn(x, sigma)
-    return (x - (sigma - sigma_next) * v).astype(x.dtype), None
+def sigma_grid(num_steps: int, grid: str = "psi0") -> jax.Array:
+    """The sampler's σ grid, float32 [num_steps + 1], from 1 down to 0.
 
-
-def euler_sample(
-    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array], noise: jax.Array, num_steps: int = 10
-) -> jax.Array:
-    """Integrates dx/dσ = v(x, σ) from σ = 1 (x = noise) to σ = 0 with ``num_steps`` Euler steps.
-
-    The grid is σ_k = 1 − k/N, k = 0..N; step k evaluates ``velocity_fn(x, σ_k)`` with σ_k a float32
-    scalar [] (broadcast it inside ``velocity_fn`` as needed) and updates x ← x − (σ_k − σ_{k+1})·v.
-    Runs as a ``lax.scan``, so the compiled size does not grow with ``num_steps`` (a static int).
-
-    Args:
-      velocity_fn: (x float [..., H, D], sigma float32 []) → float [..., H, D].
-      noise: float [..., H, D] starting point ε at σ = 1.
-      num_steps: static number of Euler steps, ≥ 1.
-
-    Returns: float [..., H, D] (dtype of ``noise``), the sample at σ = 0.
+    "psi0" (default): Ψ0's grid, diffusers' ``FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)``
+    without shift: σ_k = 1 − k·(1 − 1/1000)/(N − 1) for k < N, then σ_N = 0 (10 steps: 1.0, 0.889, …,
+    0.112, 0.001, 0; t fed to the model = 1000·σ_k = 1000, 889, …, 112, 1). For N = 1: [1, 0].
+    "uniform": σ_k = 1 − k/N (the grid this package used before; kept as an explicit option).
     """
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    sigmas = jnp.linspace(1.0, 0.0, num_steps + 1, dtype=jnp.float32)
-    x, _ = jax.lax.scan(lambda x, s: _euler_body(velocity_fn, x, s), noise, (sigmas[:-1], sigmas[1:]))
+    if grid == "uniform":
+        return jnp.linspace(1.0, 0.0, num_steps + 1, dtype=jnp.float32)
+    if grid != "psi0":
+        raise ValueError(f"unknown sampler grid {grid!r}; expected one of {SAMPLER_GRIDS}")
+    # diffusers: timesteps = linspace(1000, 1, N); sigmas = timesteps / 1000; then a final 0.
+    t = np.linspace(float(PSI0_TRAIN_STEPS), 1.0, num_steps, dtype=np.float64)
+    sig = (t / PSI0_TRAIN_STEPS).astype(np.float32)
+    return jnp.asarray(np.concatenate([sig, np.zeros(1, np.float32)]))
+
+
+def euler_sample(
+    velocity_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    noise: jax.Array,
+    num_steps: int = 10,
+    prefix: jax.Array | None = None,
+    *,
+    grid: str = "psi0",
+) -> jax.Array:
+    """Integrates dx/dσ = v(x, σ) from σ = 1 (x = noise) to σ = 0 with ``num_steps`` Euler steps.
+
+    The grid is Ψ0's by default (``sigma_grid``: diffusers' flow-match Euler scheduler with 1000 train
+    steps and no shift, σ_k = 1 − k·(1 − 1/1000)/(N − 1), then 0); ``grid="uniform"`` gives σ_k = 1 − k/N.
+    Step k evaluates ``v = velocity_fn(x, σ)`` and updates x ← x + (σ_{k+1} − σ_k)·v. Runs as a
+    ``lax.scan``, so the compiled size does not grow with ``num_steps`` (a static int).
+
+    Real-time chunking as Ψ0 does it (``prefix`` given): before **every** step the first d actions of
+    the sample are replaced by the clean prefix and ``velocity_fn`` gets a per-token σ [B, H] that is 0
+    on those d tokens and σ_k elsewhere; the prefix is not re-imposed after the last step (the returned
+    first d actions are the prefix moved by the last update, as in Ψ0).
+
+    Args:
+      velocity_fn: (x float [B, H, D], sigma float32) → float [B, H, D]; σ is a scalar [] without
+        ``prefix`` and [B, H] with it (broadcast inside ``velocity_fn`` as needed).
+      noise: float [B, H, D] starting point ε at σ = 1.
+      num_steps: static number of Euler steps, ≥ 1.
+      prefix: optional float [B or 1, d, D] clean (normalised) actions for the first d ≤ H steps.
+      grid: "psi0" (default) or "uniform".
+
+    Returns: float [B, H, D] (dtype of ``noise``), the sample at σ = 0.
+    """
+    sigmas = sigma_grid(num_steps, grid)
+    if prefix is None:
+
+        def body(x, s):
+            sigma, sigma_next = s
+            v = velocity_fn(x, sigma)
+            return (x + (sigma_next - sigma) * v).astype(x.dtype), None
+
+    else:
+        if noise.ndim != 3:
+            raise ValueError(f"with prefix, noise must be [B, H, D], got {noise.shape}")
+        b, h, d_act = noise.shape
+        p = jnp.asarray(prefix)
+        if p.ndim != 3 or p.shape[0] not in (1, b) or p.shape[1] > h or p.shape[2] != d_act:
+            raise ValueError(f"prefix must be [{b} or 1, d ≤ {h}, {d_act}], got {p.shape}")
+        d = p.shape[1]
+        p = jnp.broadcast_to(p, (b, d, d_act)).astype(noise.dtype)
+        in_prefix = jnp.arange(h) < d
+
+        def body(x, s):
+            sigma, sigma_next = s
+            x = x.at[:, :d].set(p)
+            tok_sigma = jnp.broadcast_to(jnp.where(in_prefix, 0.0, sigma), (b, h)).astype(jnp.float32)
+            v = velocity_fn(x, tok_sigma)
+            return (x + (sigma_next - sigma) * v).astype(x.dtype), None
+
+    x, _ = jax.lax.scan(body, noise, (sigmas[:-1], sigmas[1:]))
     return x
 
 

@@ -125,9 +125,20 @@ def test_euler_first_order_convergence_and_sigma_grid():
     assert errs[0] > errs[1] > errs[2]
     np.testing.assert_allclose(errs[0] / errs[1], 2.0, rtol=0.05)
     np.testing.assert_allclose(errs[1] / errs[2], 2.0, rtol=0.05)
-    # σ passed to the field: 1, 0.75, 0.5, 0.25 for 4 steps (as a scalar).
-    seen = flow.euler_sample(lambda x, s: jnp.broadcast_to(-jnp.reshape(s, ()), x.shape), jnp.zeros(()), 4)
+
+    # Uniform grid (explicit option): σ passed to the field 1, 0.75, 0.5, 0.25 for 4 steps (a scalar).
+    def field(x, s):
+        return jnp.broadcast_to(-jnp.reshape(s, ()), x.shape)
+
+    seen = flow.euler_sample(field, jnp.zeros(()), 4, grid="uniform")
     np.testing.assert_allclose(seen, 0.25 * (1.0 + 0.75 + 0.5 + 0.25), rtol=1e-6)
+    # Ψ0's grid (default): 1, 0.667, 0.334, 0.001, then 0.
+    grid = np.array([1.0, 1 - 0.999 / 3, 1 - 2 * 0.999 / 3, 0.001, 0.0])
+    np.testing.assert_allclose(flow.sigma_grid(4), grid, atol=1e-7)
+    want = float(np.sum(grid[:-1] * (grid[:-1] - grid[1:])))
+    np.testing.assert_allclose(flow.euler_sample(field, jnp.zeros(()), 4), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        flow.sigma_grid(4, "cosine")
     with pytest.raises(ValueError, match="num_steps"):
         flow.euler_sample(lambda x, s: x, eps, 0)
 
@@ -162,3 +173,65 @@ def test_cfg_velocity():
     np.testing.assert_allclose(out[2], eps[2] + 2.0 * (x[2] - eps[2]), atol=1e-5)
     with pytest.raises(ValueError, match="shape mismatch"):
         flow.cfg_velocity(x, eps[:1], 1.0)
+
+
+# ---------------------------------------------------------------- Ψ0's own sampler / RTC / loss
+# tests/data/psi0_expert: outputs of Ψ0's PyTorch expert and diffusers' scheduler (see its README).
+
+
+@pytest.fixture(scope="module")
+def psi0():
+    import pathlib
+
+    from flax import nnx
+
+    from recap_jax.models import action_expert as ae
+    from recap_jax.models import convert
+
+    data = pathlib.Path(__file__).parent / "data" / "psi0_expert"
+    io = dict(np.load(data / "io.npz"))
+    cfg = ae.ActionExpertConfig(width=64, depth=3, num_heads=4, mlp_dim=256, context_dim=48)
+    model = ae.build(cfg, 0)
+    nnx.update(model, convert.load_expert_state(data / "expert.safetensors", nnx.state(model, nnx.Param), cfg))
+    c, m, st = io["context"], io["context_mask"] > 0.5, io["state"][:, 0]
+    return io, model, (lambda x, sig: model(x, sig, c, m, st))
+
+
+def _tol(ref):
+    return 1e-5 * max(1.0, float(np.max(np.abs(ref))))
+
+
+def test_psi0_grid_and_sample(psi0):
+    io, _, vf = psi0
+    np.testing.assert_allclose(flow.sigma_grid(10), io["scheduler_sigmas"], atol=1e-7)
+    np.testing.assert_allclose(1000 * flow.sigma_grid(10)[:-1], io["scheduler_timesteps"], atol=1e-3)
+    out = flow.euler_sample(vf, jnp.asarray(io["x"]), 10)
+    np.testing.assert_allclose(out, io["sample_10"], atol=_tol(io["sample_10"]))
+    # The old uniform grid gives another sample (the default is Ψ0's).
+    assert float(np.max(np.abs(flow.euler_sample(vf, jnp.asarray(io["x"]), 10, grid="uniform") - out))) > 1e-3
+
+
+def test_psi0_rtc_sample(psi0):
+    io, _, vf = psi0
+    seen = []
+
+    def spy(x, sig):
+        seen.append(sig.shape)
+        return vf(x, sig)
+
+    out = flow.euler_sample(spy, jnp.asarray(io["x"]), 10, prefix=io["rtc_prefix"])
+    np.testing.assert_allclose(out, io["sample_rtc_10"], atol=_tol(io["sample_rtc_10"]))
+    assert seen[0] == (3, 30)
+    with pytest.raises(ValueError, match="prefix"):
+        flow.euler_sample(vf, jnp.asarray(io["x"]), 10, prefix=io["rtc_prefix"][..., :5])
+
+
+def test_psi0_loss(psi0):
+    io, model, _ = psi0
+    a, n, sig, am = io["loss_actions"], io["loss_noise"], io["loss_sigma"], io["loss_action_mask"]
+    pred = model(flow.interpolate(a, n, sig), sig, io["context"], io["context_mask"] > 0.5, io["state"][:, 0])
+    loss = flow.flow_matching_loss(pred, a, n, am, reduction="psi0")
+    np.testing.assert_allclose(loss, io["loss"], rtol=1e-5)
+    per = flow.flow_matching_loss(pred, a, n, am, reduction="psi0_per_example")
+    np.testing.assert_allclose(jnp.mean(per), io["loss"], rtol=1e-5)
+    assert abs(float(flow.flow_matching_loss(pred, a, n, am)) - float(io["loss"])) > 1.0  # "mean" differs
