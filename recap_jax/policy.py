@@ -30,6 +30,8 @@ from recap_jax.models import action_expert as ae
 from recap_jax.models import encoder as enc
 from recap_jax.models.tokenizer import PAD_ID, ByteTokenizer
 
+RTC_MODES = ("psi0", "inpaint", "off")
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -54,6 +56,17 @@ class PolicyConfig:
         the observation (``obs["t"]`` / ``batch["t"]`` i32[B]), as the phase 2·min(t / phase_steps, 1) − 1
         in the first padding slot of its state input (index ``state_dim``). A deviation from Ψ0 for small
         data: it tells a time-indexed expert's phases apart where the state alone cannot.
+      rtc: how ``sample_actions(prefix=...)`` uses a prefix (real-time chunking): "psi0" (Ψ0's: the
+        normalised prefix is re-imposed before every Euler step with per-token σ = 0 on it,
+        ``flow.euler_sample(prefix=...)``), "inpaint" (this package's older inpainting: the prefix
+        tokens follow the straight path from their noise and the returned chunk starts with exactly the
+        prefix) or "off" (a prefix is refused).
+      rtc_max_delay: training-time RTC (Ψ0's ``model.rtc``): 0 = off; D > 0 = per example a delay
+        d ~ U{0, …, D − 1}: the first d action tokens are fed clean (σ = 0) and left out of the loss.
+      loss_reduction: ``flow.flow_matching_loss`` reduction for training: "mean" (mean over valid
+        entries) or "psi0" (Ψ0's: summed over the chunk's steps, mean over the batch, 1/36 per dim).
+      mask_padded_keys: False (Ψ0): action steps past the episode end are masked in the loss only;
+        True: they are also zeroed and masked as attention keys (this package's older behaviour).
     """
 
     action_expert: str = "tiny"
@@ -72,8 +85,18 @@ class PolicyConfig:
     num_steps: int = 10
     sigma_kind: str = "uniform"
     phase_steps: int = 0
+    rtc: str = "psi0"
+    rtc_max_delay: int = 0
+    loss_reduction: str = "mean"
+    mask_padded_keys: bool = False
 
     def __post_init__(self):
+        if self.rtc not in RTC_MODES:
+            raise ValueError(f"rtc must be one of {RTC_MODES}, got {self.rtc!r}")
+        if not 0 <= self.rtc_max_delay <= self.chunk:
+            raise ValueError(f"rtc_max_delay must be in [0, chunk={self.chunk}], got {self.rtc_max_delay}")
+        if self.loss_reduction not in ("mean", "psi0"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'psi0', got {self.loss_reduction!r}")
         for name in ("state_dropout", "context_dropout", "indicator_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -364,6 +387,7 @@ def sample_actions(
     beta: float | jax.Array = 1.0,
     uncond_ids: jax.Array | None = None,
     prefix: jax.Array | None = None,
+    prefix_valid: jax.Array | None = None,
     prompt_mask: jax.Array | None = None,
     uncond_mask: jax.Array | None = None,
 ) -> jax.Array:
@@ -380,9 +404,13 @@ def sample_actions(
         A traced β (under jit) with ``uncond_ids`` always runs guidance, so it too needs such a checkpoint;
         a traced β without ``uncond_ids`` cannot be checked and has no effect.
       uncond_ids: int32 [B, L] bare-instruction ids for CFG (None = no guidance).
-      prefix: optional float [B, P, 36] absolute actions (P ≤ H, static) to inpaint (real-time chunking):
-        the first P tokens follow the straight path from their noise to the prefix, so the model
-        denoises the rest consistently with it; the returned chunk starts with exactly ``prefix``.
+      prefix: optional float [B, P, 36] absolute actions (P ≤ H, static) for real-time chunking, e.g. the
+        previous chunk's actions [Ta:] (P = H − Ta). ``config.rtc`` = "psi0": normalised and re-imposed
+        before every Euler step with σ = 0 on those tokens (Ψ0's sampler, ``flow.euler_sample(prefix=)``);
+        "inpaint": the first P tokens follow the straight path from their noise to the prefix and the
+        returned chunk starts with exactly ``prefix``; "off": a prefix raises.
+      prefix_valid: optional bool [B]: rows where it is False ignore ``prefix`` and sample plainly (a
+        batch mixing first queries of an episode with later ones). None = every row uses the prefix.
       prompt_mask / uncond_mask: bool [B, L]; default ids != PAD.
 
     Returns: float32 [B, H, 36] absolute actions.
@@ -408,6 +436,13 @@ def sample_actions(
         prefix.ndim != 3 or prefix.shape[0] != b or prefix.shape[2] != a or not 0 < prefix.shape[1] <= h
     ):
         raise ValueError(f"prefix must be [{b}, P, {a}] with 0 < P ≤ {h}, got {prefix.shape}")
+    if prefix is not None and cfg.rtc == "off":
+        raise ValueError("config.rtc='off' refuses a prefix; use rtc='psi0' or 'inpaint'")
+    if prefix_valid is not None:
+        if prefix is None:
+            raise ValueError("prefix_valid needs a prefix")
+        if jnp.shape(prefix_valid) != (b,):
+            raise ValueError(f"prefix_valid must be bool [{b}], got {jnp.shape(prefix_valid)}")
 
     model = _inference_model(params)
     mask = _prompt_mask(prompt_ids, prompt_mask)
@@ -427,26 +462,60 @@ def sample_actions(
 
     dim_mask = jnp.asarray(cfg.action_dim_mask())
     noise = jax.random.normal(key, (b, h, a), jnp.float32)
-    if prefix is not None:
+    row_ok = jnp.ones((b,), bool) if prefix_valid is None else jnp.asarray(prefix_valid, bool)
+    inpaint = prefix is not None and cfg.rtc == "inpaint"
+    if inpaint:
         p = prefix.shape[1]
         pad = [(0, 0), (0, h - p), (0, 0)]
         prefix_abs = jnp.pad(jnp.asarray(prefix, jnp.float32), pad)
         prefix_v = noise - jnp.pad(normalize_actions(params, prefix), pad)  # velocity of the straight path
-        in_prefix = (jnp.arange(h) < p)[None, :, None]
+        in_prefix = (jnp.arange(h) < p)[None, :, None] & row_ok[:, None, None]
 
     def velocity(x: jax.Array, sigma: jax.Array) -> jax.Array:
         if use_cfg:
+            sig2 = jnp.concatenate([sigma, sigma]) if jnp.ndim(sigma) == 2 else sigma  # per-token σ [B, H]
             v_c, v_u = jnp.split(
-                model.expert(jnp.concatenate([x, x]), sigma, ctx, cmask, s, action_dim_mask=dim_mask), 2
+                model.expert(jnp.concatenate([x, x]), sig2, ctx, cmask, s, action_dim_mask=dim_mask), 2
             )
             v = flow.cfg_velocity(v_c, v_u, beta)
         else:
             v = model.expert(x, sigma, ctx, cmask, s, action_dim_mask=dim_mask)
-        return v if prefix is None else jnp.where(in_prefix, prefix_v, v)
+        return jnp.where(in_prefix, prefix_v, v) if inpaint else v
 
-    x0 = flow.euler_sample(velocity, noise, cfg.num_steps)
+    if prefix is not None and cfg.rtc == "psi0":
+        p = prefix.shape[1]
+        pn = normalize_actions(params, prefix)
+        # Rows without a valid prefix: σ on the prefix tokens is the step's σ again and the "prefix"
+        # imposed there is the sample itself, so those rows follow the plain sampler exactly.
+        rtc_tokens = (jnp.arange(h) < p)[None, :] & row_ok[:, None]
+        x0 = _psi0_rtc_sample(velocity, noise, cfg.num_steps, pn, rtc_tokens)
+    else:
+        x0 = flow.euler_sample(velocity, noise, cfg.num_steps)
     actions = unnormalize_actions(params, x0)
-    return actions if prefix is None else jnp.where(in_prefix, prefix_abs, actions)
+    return jnp.where(in_prefix, prefix_abs, actions) if inpaint else actions
+
+
+def _psi0_rtc_sample(velocity_fn, noise, num_steps, prefix_norm, in_prefix):
+    """``flow.euler_sample(prefix=...)`` with a per-row switch.
+
+    prefix_norm float [B, P, A]; in_prefix bool [B, H] (True on prefix tokens of rows that use one).
+    All rows valid → exactly ``flow.euler_sample(velocity_fn, noise, num_steps, prefix=prefix_norm)``;
+    rows with no True entry → exactly the plain sampler (σ [B, H] all equal to the step's σ).
+    """
+    h = noise.shape[1]
+    p = prefix_norm.shape[1]
+    sigmas = flow.sigma_grid(num_steps)
+    full = jnp.pad(prefix_norm.astype(noise.dtype), [(0, 0), (0, h - p), (0, 0)])
+
+    def body(x, s):
+        sigma, sigma_next = s
+        x = jnp.where(in_prefix[..., None], full, x)
+        tok_sigma = jnp.where(in_prefix, 0.0, sigma).astype(jnp.float32)
+        v = velocity_fn(x, tok_sigma)
+        return (x + (sigma_next - sigma) * v).astype(x.dtype), None
+
+    x, _ = jax.lax.scan(body, noise, (sigmas[:-1], sigmas[1:]))
+    return x
 
 
 def drop_indicator(
@@ -523,17 +592,24 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
     dim_mask = jnp.asarray(cfg.action_dim_mask())
     valid = batch["action_mask"].astype(bool)
     x = jnp.where(valid[..., None], x, 0.0)  # steps past the episode end may hold anything
+    tok_sigma = jnp.broadcast_to(sigma[:, None], (b, h))
+    loss_mask = valid
+    if cfg.rtc_max_delay > 0:  # Ψ0's training-time RTC: a clean prefix of d ~ U{0..D-1} tokens, σ = 0
+        delay = jax.random.randint(jax.random.fold_in(k_sigma, 1), (b,), 0, cfg.rtc_max_delay)
+        clean = jnp.arange(h)[None, :] < delay[:, None]
+        tok_sigma = jnp.where(clean, 0.0, tok_sigma)
+        loss_mask = valid & ~clean
     pred = model.expert(
-        flow.interpolate(x, noise, sigma),
-        sigma,
+        flow.interpolate(x, noise, tok_sigma),
+        tok_sigma,
         ctx,
         cmask,
         s,
         action_dim_mask=dim_mask,
-        action_mask=valid,
+        action_mask=valid if cfg.mask_padded_keys else None,
         dropout_key=k_drop,
     )
-    loss = flow.flow_matching_loss(pred, x, noise, valid, dim_mask=dim_mask)
+    loss = flow.flow_matching_loss(pred, x, noise, loss_mask, dim_mask=dim_mask, reduction=cfg.loss_reduction)
     metrics = {
         "loss": loss,
         "sigma_mean": jnp.mean(sigma),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from recap_jax import flow
 from recap_jax import policy as P
 from recap_jax.advantage import format_prompt
 
@@ -221,6 +222,7 @@ def test_cfg_guidance_rules(cfg, params):
 def test_inpainting_prefix(cfg, params):
     rng = np.random.default_rng(0)
     p = P.with_norm_stats(params, P.NormStats.from_arrays(rng.normal(size=(50, 32)), rng.normal(size=(50, 36)) * 2))
+    p = P.replace_config(p, rtc="inpaint")
     obs, ids = _obs(), _ids(cfg, HIGH)[0]
     prefix = jnp.asarray(rng.normal(size=(B, 6, 36)), jnp.float32)
     out = _sample(p, obs, ids, jax.random.key(0), prefix=prefix)
@@ -358,3 +360,63 @@ def test_tiny_policy_fits_fixed_pairs():
     obs = {"state": batch["state"], "image": batch["image"]}
     err = np.abs(np.asarray(_sample(trained, obs, batch["prompt_ids"], jax.random.key(5))) - actions)
     assert err.mean() <= 0.15 and err.mean(axis=(1, 2)).max() <= 0.25, err.mean(axis=(1, 2))
+
+
+def test_psi0_rtc_prefix(cfg, params):
+    rng = np.random.default_rng(1)
+    p = P.with_norm_stats(params, P.NormStats.from_arrays(rng.normal(size=(50, 32)), rng.normal(size=(50, 36)) * 2))
+    assert p.config.rtc == "psi0"
+    obs, ids = _obs(), _ids(cfg, HIGH)[0]
+    prefix = jnp.asarray(rng.normal(size=(B, 6, 36)), jnp.float32)
+    key = jax.random.key(3)
+    free = _sample(p, obs, ids, key)
+    rtc = _sample(p, obs, ids, key, prefix=prefix)
+    assert float(jnp.max(jnp.abs(rtc[:, 6:] - free[:, 6:]))) > 1e-3  # conditioned on the prefix
+    # A batch mixing a first query (no prefix) with later ones: each row as if alone.
+    valid = jnp.arange(B) > 0
+    mixed = _sample(p, obs, ids, key, prefix=prefix, prefix_valid=valid)
+    np.testing.assert_allclose(mixed[0], free[0], atol=1e-5)
+    np.testing.assert_allclose(mixed[1:], rtc[1:], atol=1e-5)
+    with pytest.raises(ValueError, match="rtc='off'"):
+        P.sample_actions(P.replace_config(p, rtc="off"), obs, ids, key, prefix=prefix)
+    with pytest.raises(ValueError, match="prefix_valid"):
+        P.sample_actions(p, obs, ids, key, prefix=prefix, prefix_valid=jnp.ones((B + 1,), bool))
+
+
+def test_psi0_rtc_sampler_is_flow_euler_sample():
+    rng = np.random.default_rng(2)
+    noise = jnp.asarray(rng.normal(size=(2, 30, 36)), jnp.float32)
+    prefix = jnp.asarray(rng.normal(size=(2, 6, 36)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(36, 36)) * 0.3, jnp.float32)
+
+    def field(x, sig):
+        return jnp.tanh(x @ w) * (1.0 + jnp.reshape(sig, jnp.shape(sig) + (1,) * (3 - jnp.ndim(sig))))
+
+    all_rows = jnp.broadcast_to(jnp.arange(30) < 6, (2, 30))
+    np.testing.assert_allclose(
+        P._psi0_rtc_sample(field, noise, 10, prefix, all_rows),
+        flow.euler_sample(field, noise, 10, prefix=prefix),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        P._psi0_rtc_sample(field, noise, 10, prefix, jnp.zeros((2, 30), bool)),
+        flow.euler_sample(field, noise, 10),
+        atol=1e-6,
+    )
+
+
+def test_training_rtc_and_psi0_loss(cfg, params):
+    batch = _batch(cfg)
+    batch = dict(batch, action_mask=batch["action_mask"].at[1, 20:].set(False))
+    key = jax.random.key(4)
+    base = P.policy_loss(params, batch, key)[0]
+    # Ψ0's reduction: Σ m·err / (B·D) = the valid-entry mean × (valid steps) / B.
+    psi0 = P.policy_loss(P.replace_config(params, loss_reduction="psi0"), batch, key)[0]
+    n_valid = float(jnp.sum(batch["action_mask"]))
+    np.testing.assert_allclose(psi0, base * n_valid / batch["action_mask"].shape[0], rtol=1e-5)
+    # Training-time RTC: max_delay 1 means d = 0 always (identical); 8 feeds a clean prefix.
+    np.testing.assert_allclose(P.policy_loss(P.replace_config(params, rtc_max_delay=1), batch, key)[0], base, rtol=1e-6)
+    rtc = P.policy_loss(P.replace_config(params, rtc_max_delay=8), batch, key)[0]
+    assert bool(jnp.isfinite(rtc)) and abs(float(rtc) - float(base)) > 1e-6
+    with pytest.raises(ValueError, match="rtc must be"):
+        P.replace_config(params, rtc="bogus")
