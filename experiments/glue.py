@@ -180,15 +180,18 @@ def load_policy(run_dir: str | os.PathLike, pcfg, step: int | None = None):
     return T.load_inference_params(run_dir, policy.abstract_policy(pcfg), step=step, device=jax.local_devices()[0])
 
 
-def norm_stats(store_root: str | os.PathLike, kinds: tuple[str, ...]):
+def norm_stats(store_root: str | os.PathLike, kinds: tuple[str, ...], widen: bool = False):
+    """Min–max stats of the store's episodes of ``kinds``; ``widen``: the MIN_SPAN / STATE_MIN_SPAN
+    range widening (``SFTSettings.norm_widen``; off = Ψ0's plain min–max)."""
     from recap_jax.data import EpisodeStore
     from recap_jax.data.loader import norm_stats as _stats
-    from recap_jax.policy import NormStats
+    from recap_jax.policy import MIN_SPAN, STATE_MIN_SPAN, NormStats
 
     eps = [e for e in EpisodeStore(store_root).iter_episodes() if e.tags.get("kind") in kinds]
     s = _stats(eps)
+    spans = (MIN_SPAN, STATE_MIN_SPAN) if widen else (0.0, 0.0)
     return NormStats.from_arrays(
-        np.stack([s["state_min"], s["state_max"]]), np.stack([s["action_min"], s["action_max"]])
+        np.stack([s["state_min"], s["state_max"]]), np.stack([s["action_min"], s["action_max"]]), *spans
     )
 
 

@@ -72,6 +72,9 @@ class SFTSettings:
     weight_decay: float = 1e-6
     grad_clip: float = 1.0
     log_every: int = 100
+    # Norm-stat range widening (policy.MIN_SPAN / STATE_MIN_SPAN around the midpoint): a deviation from
+    # Ψ0's plain min–max for few demos; off by default (Ψ0), on in the small CPU presets.
+    norm_widen: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,10 +223,12 @@ SMOKE = StudyConfig(
     description="2-core CPU, <= 10 min with a warm compilation cache: tiny models, few episodes, every stage for real",
     seed=0,
     env=EnvSettings(episode_length=216, image_size=(48, 80), randomization_level=0, replan_every=24),
-    policy=(("action_expert", "tiny"), ("encoder", "tiny"), ("phase_steps", 216)),
+    policy=(("action_expert", "tiny"), ("encoder", "tiny"), ("phase_steps", 216), ("loss_reduction", "mean")),
     value=(("backbone", "cnn"), ("cnn_channels", (8, 16))),
     demos=DemoSettings(num_demos=8, num_envs=8, expert_noise=0.3, dart=True),
-    sft=SFTSettings(steps=120, init_step=60, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=20),
+    sft=SFTSettings(
+        steps=120, init_step=60, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=20, norm_widen=True
+    ),
     collect=CollectSettings(episodes=16, num_envs=8),
     value_training=ValueSettings(epochs=5, batch_size=64),
     labels=LabelSettings(positive_fraction=0.3),
@@ -263,6 +268,7 @@ CPU = StudyConfig(
         learning_rate=2e-3,
         warmup_steps=50,
         log_every=100,
+        norm_widen=True,
     ),
     collect=CollectSettings(episodes=32, num_envs=8, screen_episodes=8),
     value_training=ValueSettings(epochs=10, batch_size=64),

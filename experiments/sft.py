@@ -101,7 +101,7 @@ def train_sft(cfg: StudyConfig, out: Path) -> dict:
 
     demos = Path(out) / "demos" / "store"
     pcfg = glue.policy_config(cfg)
-    norm = glue.norm_stats(demos, ("demo",))
+    norm = glue.norm_stats(demos, ("demo",), widen=cfg.sft.norm_widen)
     params0 = policy.init_policy(pcfg, jax.random.key(cfg.seed), norm)
     every, _ = save_steps(cfg)
     params, history = glue.train_policy(

@@ -7,11 +7,15 @@ Flow time is Ψ0's (see ``recap_jax.flow``): σ = 1 noise, σ = 0 data, x_σ = (
 the NNX parameter state and the ``NormStats`` are traced. ``sample_actions`` and ``policy_loss`` are
 pure functions of it, so swapping checkpoints, prompts or β under ``jax.jit`` never recompiles.
 
-Normalisation (Ψ0's): min–max to [−1, 1] from dataset statistics, clipped; a dimension whose max equals
-its min is passed through unchanged. ``NormStats.from_arrays`` widens ranges narrower than ``MIN_SPAN``
-(actions) / ``STATE_MIN_SPAN`` (states) around their midpoint. The normalised 32-d state is zero-padded
-to 36 for the expert.
-``NormStats.identity()`` (the default) passes every dimension through.
+Normalisation (Ψ0's, ``meta/stats_psi0.json`` bounds): actions min–max to [−1, 1] and clipped, a
+dimension whose max equals its min passed through unchanged; un-normalisation without clipping. States
+min–max to [−1, 1] and clipped, constant dimensions → 0, NaN → 0. ``NormStats.from_psi0`` /
+``from_psi0_file`` read Ψ0's stats. ``NormStats.from_arrays`` computes them from data; optionally
+(``min_span`` / ``state_min_span``, default off = Ψ0) it widens ranges narrower than ``MIN_SPAN``
+(actions) / ``STATE_MIN_SPAN`` (states) around their midpoint: the small CPU presets turn that on. The
+normalised 32-d state is zero-padded to 36 for the expert.
+``NormStats.identity()`` (the default) is an identity: actions pass through (max = min), states have
+bounds −1, 1 (identity on [−1, 1], clipped outside as any normalised state).
 """
 
 from __future__ import annotations
@@ -155,9 +159,11 @@ STATE_MIN_SPAN = 0.2
 
 
 def _widen(lo: np.ndarray, hi: np.ndarray, min_span: float) -> tuple[np.ndarray, np.ndarray]:
-    """Widens dims with ``hi - lo < min_span`` to ``min_span`` around their midpoint. float32 [D] each."""
-    if min_span <= 0:
-        raise ValueError(f"min_span must be > 0, got {min_span}")
+    """Widens dims with ``hi - lo < min_span`` to ``min_span`` around their midpoint (0 = off). float32 [D] each."""
+    if min_span < 0:
+        raise ValueError(f"min_span must be >= 0 (0 = no widening), got {min_span}")
+    if min_span == 0:
+        return lo.astype(np.float32), hi.astype(np.float32)
     mid = 0.5 * (lo + hi)
     narrow = (hi - lo) < min_span
     lo = np.where(narrow, mid - 0.5 * min_span, lo).astype(np.float32)
@@ -175,16 +181,16 @@ class NormStats:
     action_max: jax.Array
 
     @classmethod
-    def from_arrays(
-        cls, states, actions, min_span: float = MIN_SPAN, state_min_span: float = STATE_MIN_SPAN
-    ) -> NormStats:
+    def from_arrays(cls, states, actions, min_span: float = 0.0, state_min_span: float = 0.0) -> NormStats:
         """From data: states float [N, S], actions float [..., A] (e.g. [N, A] or [N, H, A]).
 
-        An action dimension whose data range is below ``min_span`` (e.g. one the demos never move: the
-        left hand, the velocity commands) is widened to ``[c - min_span/2, c + min_span/2]`` around its
-        midpoint c. It then normalises to 0 and un-normalises to within ``min_span/2`` of c, so an
-        untrained or noisy policy output cannot move a dimension the data held fixed. (Passing such a
-        dimension through un-normalised let raw N(0, 1) flow noise command ±1 rad torso tilts.)
+        Defaults (0, 0) are Ψ0's plain min–max. Optional widening (a deviation from Ψ0 for small data; the
+        CPU presets pass ``MIN_SPAN`` / ``STATE_MIN_SPAN``): an action dimension whose data range is below
+        ``min_span`` (e.g. one the demos never move: the left hand, the velocity commands) is widened to
+        ``[c - min_span/2, c + min_span/2]`` around its midpoint c. It then normalises to 0 and an output y
+        un-normalises to c + y·min_span/2 (no clipping, as Ψ0), so an untrained or noisy policy output
+        barely moves a dimension the data held fixed. (Passing such a dimension through un-normalised
+        let raw N(0, 1) flow noise command ±1 rad torso tilts.)
 
         A state dimension whose range is below ``state_min_span`` is widened the same way to
         ``state_min_span``: its variation in the data is sensor jitter of a joint nobody commands, and
@@ -203,10 +209,54 @@ class NormStats:
         return cls(jnp.asarray(s_lo), jnp.asarray(s_hi), jnp.asarray(a_lo), jnp.asarray(a_hi))
 
     @classmethod
+    def from_psi0(cls, stats: dict, state_dim: int | None = None, action_dim: int | None = None) -> NormStats:
+        """From Ψ0's parsed ``meta/stats_psi0.json``: {"action": {"min": [A], "max": [A], ...},
+        "states": {"min": [S], "max": [S], ...}} ("bounds" normalisation = min/max).
+
+        Raises: ValueError naming a missing key, a length that differs from ``state_dim``/``action_dim``
+        (when given), min > max or a non-finite bound.
+        """
+        out = {}
+        for group, dim in (("states", state_dim), ("action", action_dim)):
+            if not isinstance(stats, dict) or group not in stats or not isinstance(stats[group], dict):
+                have = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+                raise ValueError(f"Ψ0 stats lack the {group!r} group (have {have})")
+            for bound in ("min", "max"):
+                if bound not in stats[group]:
+                    raise ValueError(f"Ψ0 stats lack {group}.{bound}")
+                v = np.asarray(stats[group][bound], np.float32)
+                if v.ndim != 1 or (dim is not None and v.shape[0] != dim):
+                    raise ValueError(f"Ψ0 stats {group}.{bound} must be [{dim or 'D'}], got {list(v.shape)}")
+                if not np.isfinite(v).all():
+                    raise ValueError(f"Ψ0 stats {group}.{bound} has non-finite values")
+                out[(group, bound)] = v
+            if (
+                out[(group, "min")].shape != out[(group, "max")].shape
+                or (out[(group, "min")] > out[(group, "max")]).any()
+            ):
+                raise ValueError(f"Ψ0 stats {group}: min and max differ in length or min > max")
+        return cls(
+            *(jnp.asarray(out[k]) for k in (("states", "min"), ("states", "max"), ("action", "min"), ("action", "max")))
+        )
+
+    @classmethod
+    def from_psi0_file(cls, path, state_dim: int | None = None, action_dim: int | None = None) -> NormStats:
+        """``from_psi0`` of a ``meta/stats_psi0.json`` file (errors name the file)."""
+        import json
+
+        try:
+            with open(path) as f:
+                stats = json.load(f)
+            return cls.from_psi0(stats, state_dim, action_dim)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    @classmethod
     def identity(cls, state_dim: int = 32, action_dim: int = 36) -> NormStats:
-        """Statistics that pass every dimension through (max = min)."""
-        zs, za = jnp.zeros(state_dim, jnp.float32), jnp.zeros(action_dim, jnp.float32)
-        return cls(zs, zs, za, za)
+        """Identity statistics: actions pass through (max = min); states have bounds −1, 1 (Ψ0's state
+        rule maps constant dims to 0, so the identity there is min−max = [−1, 1])."""
+        za = jnp.zeros(action_dim, jnp.float32)
+        return cls(-jnp.ones(state_dim, jnp.float32), jnp.ones(state_dim, jnp.float32), za, za)
 
 
 def normalize(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
@@ -218,11 +268,27 @@ def normalize(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
     return jnp.where(ok, jnp.clip(y, -1.0, 1.0), x)
 
 
+def normalize_states(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Ψ0's state rule: min–max to [−1, 1], clipped; dims with hi == lo → 0; NaN → 0.
+
+    x float [..., S] → float32 [..., S].
+    """
+    x = jnp.asarray(x, jnp.float32)
+    span = hi - lo
+    ok = span > 0
+    y = jnp.clip(2.0 * (x - lo) / jnp.where(ok, span, 1.0) - 1.0, -1.0, 1.0)
+    y = jnp.where(ok, y, 0.0)
+    return jnp.where(jnp.isnan(y), 0.0, y)
+
+
 def unnormalize(y: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
-    """Inverse of ``normalize`` (input clipped to [−1, 1] on normalised dims). float [..., D] → float32."""
+    """Inverse of ``normalize`` without clipping (Ψ0's); dims with hi == lo pass through.
+
+    float [..., D] → float32 [..., D].
+    """
     y = jnp.asarray(y, jnp.float32)
     span = hi - lo
-    return jnp.where(span > 0, (jnp.clip(y, -1.0, 1.0) + 1.0) * 0.5 * span + lo, y)
+    return jnp.where(span > 0, (y + 1.0) * 0.5 * span + lo, y)
 
 
 class PolicyModel(nnx.Module):
@@ -313,7 +379,7 @@ def normalize_state(params: PolicyParams, state: jax.Array, t: jax.Array | None 
     cfg, n = params.config, _norm(params)
     if state.shape[-1] != cfg.state_dim:
         raise ValueError(f"state must be [B, {cfg.state_dim}], got {state.shape}")
-    s = normalize(state, n.state_min, n.state_max)
+    s = normalize_states(state, n.state_min, n.state_max)
     s = jnp.pad(s, [(0, 0)] * (s.ndim - 1) + [(0, cfg.action_dim - cfg.state_dim)])
     if not cfg.phase_steps:
         return s

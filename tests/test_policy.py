@@ -74,14 +74,17 @@ def test_norm_stats_roundtrip_clip_and_constant_dims():
     states = rng.uniform(-2, 3, size=(100, 32)).astype(np.float32)
     actions = rng.uniform(-1, 5, size=(100, 36)).astype(np.float32)
     actions[:, 5] = 0.75  # constant dim
-    ns = P.NormStats.from_arrays(states, actions)
+    ns = P.NormStats.from_arrays(states, actions, P.MIN_SPAN, P.STATE_MIN_SPAN)
     y = P.normalize(actions, ns.action_min, ns.action_max)
     assert float(jnp.min(y[:, :5])) == pytest.approx(-1.0) and float(jnp.max(y[:, :5])) == pytest.approx(1.0)
     np.testing.assert_allclose(y[:, 5], 0.0, atol=1e-3)  # a constant dim normalises to 0 ...
     np.testing.assert_allclose(P.unnormalize(y, ns.action_min, ns.action_max), actions, atol=1e-5)
-    noise = jnp.asarray(rng.normal(size=(100, 36)) * 3.0, jnp.float32)  # ... and pins any output to its value
+    noise = jnp.asarray(rng.normal(size=(100, 36)) * 3.0, jnp.float32)  # ... and keeps outputs near its value
     pinned = P.unnormalize(noise, ns.action_min, ns.action_max)[:, 5]
-    assert float(jnp.max(jnp.abs(pinned - 0.75))) <= 0.5 * P.MIN_SPAN + 1e-6
+    np.testing.assert_allclose(pinned, 0.75 + noise[:, 5] * 0.5 * P.MIN_SPAN, atol=1e-5)  # no clipping (Ψ0)
+    # Default (Ψ0): no widening, a constant action dim passes through.
+    plain = P.NormStats.from_arrays(states, actions)
+    np.testing.assert_allclose(P.normalize(actions, plain.action_min, plain.action_max)[:, 5], 0.75)
     ident = P.NormStats.identity()
     np.testing.assert_allclose(P.unnormalize(noise, ident.action_min, ident.action_max), noise)  # identity passes
     out = P.normalize(actions + 100.0, ns.action_min, ns.action_max)
@@ -100,7 +103,7 @@ def test_norm_stats_state_jitter_dims_are_not_blown_up():
     states = rng.uniform(-1.0, 1.0, size=(200, 32)).astype(np.float32)
     states[:, 14] = -0.3 + rng.uniform(-0.001, 0.001, size=200)  # jitter only
     states[:, 31] = rng.uniform(0.45, 0.75, size=200)  # a real 0.3 m range stays min-max
-    ns = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)))
+    ns = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)), P.MIN_SPAN, P.STATE_MIN_SPAN)
     y = P.normalize(states, ns.state_min, ns.state_max)
     assert float(jnp.min(y[:, 31])) == pytest.approx(-1.0) and float(jnp.max(y[:, 31])) == pytest.approx(1.0)
     assert float(jnp.max(jnp.abs(y[:, 14]))) < 0.02
@@ -108,10 +111,40 @@ def test_norm_stats_state_jitter_dims_are_not_blown_up():
     moved[:, 14] += 0.005
     dy = P.normalize(moved, ns.state_min, ns.state_max)[:, 14] - y[:, 14]
     assert float(jnp.max(jnp.abs(dy))) <= 2 * 0.005 / P.STATE_MIN_SPAN + 1e-5
-    # constant state dims normalise to 0 (not passed through raw)
+    # constant state dims normalise to 0 (not passed through raw), with and without widening
     states[:, 3] = 0.7
-    ns = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)))
+    ns = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)), P.MIN_SPAN, P.STATE_MIN_SPAN)
     np.testing.assert_allclose(P.normalize(states, ns.state_min, ns.state_max)[:, 3], 0.0, atol=1e-5)
+    plain = P.NormStats.from_arrays(states, rng.normal(size=(200, 36)))
+    np.testing.assert_array_equal(P.normalize_states(states, plain.state_min, plain.state_max)[:, 3], 0.0)
+
+
+def test_psi0_normalisation_rules_and_stats(tmp_path):
+    import json
+
+    lo, hi = np.array([0.0, -1.0, 2.0], np.float32), np.array([2.0, 1.0, 2.0], np.float32)
+    x = np.array([[1.0, 3.0, 7.0], [np.nan, -0.5, 2.0]], np.float32)
+    s = P.normalize_states(x, lo, hi)
+    np.testing.assert_allclose(s, [[0.0, 1.0, 0.0], [0.0, -0.5, 0.0]])  # clipped, constant → 0, NaN → 0
+    a = P.normalize(x[:1], lo, hi)
+    np.testing.assert_allclose(a, [[0.0, 1.0, 7.0]])  # actions: clipped, constant dims pass through
+    np.testing.assert_allclose(P.unnormalize(jnp.array([[3.0, -2.0, 5.0]]), lo, hi), [[4.0, -2.0, 5.0]])  # no clip
+    ident = P.NormStats.identity()
+    y = jnp.linspace(-1, 1, 32)[None]
+    np.testing.assert_allclose(P.normalize_states(y, ident.state_min, ident.state_max), y, atol=1e-6)
+    stats = {
+        "action": {k: list(range(36)) if k != "max" else [v + 1 for v in range(36)] for k in ("min", "max", "mean")},
+        "states": {"min": [-2.0] * 32, "max": [2.0] * 32, "q01": [0.0] * 32},
+    }
+    ns = P.NormStats.from_psi0(stats)
+    np.testing.assert_array_equal(ns.action_max - ns.action_min, 1.0)
+    path = tmp_path / "stats_psi0.json"
+    path.write_text(json.dumps(stats))
+    np.testing.assert_array_equal(P.NormStats.from_psi0_file(path, 32, 36).state_min, -2.0)
+    with pytest.raises(ValueError, match=r"states\.max"):
+        P.NormStats.from_psi0({"action": stats["action"], "states": {"min": [0.0] * 32}})
+    with pytest.raises(ValueError, match=r"stats_psi0\.json.*action\.min must be \[30\]"):
+        P.NormStats.from_psi0_file(path, 32, 30)
 
 
 def test_state_padded_to_36(cfg, params):
