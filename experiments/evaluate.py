@@ -5,7 +5,8 @@
 Conditions (paper Table 1): ``sft_init`` (the collection checkpoint), ``sft_final`` (SFT at
 ``sft.steps``), ``bc_all``, ``recap_low`` and ``recap_high`` (the one RECAP policy prompted with each
 token; ``evaluate.cfg_beta`` applies classifier-free guidance to ``recap_high``). Episode ``i`` of every
-condition starts from the same state (rollout key namespace EVAL), so outcomes pair by index.
+condition starts from the same state (``glue.key_space(cfg, "eval")``: seed ``evaluate.key_seed + seed``,
+namespace EVAL), so outcomes pair by index.
 Writes ``DIR/evaluate/<condition>.npz`` (success, steps, fell, cause; the first episodes' egocentric
 frames for the GIF) and a marker per condition, so a killed evaluation resumes per condition.
 
@@ -55,12 +56,14 @@ def condition_spec(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
 def evaluate_checkpoint(cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: float, label, beta: float, keep=()):
     env = glue.make_env(cfg)
     params = glue.load_policy(ckpt_dir, glue.policy_config(cfg, dropout), step)
+    seed, namespace = glue.key_space(cfg, "eval")
     return glue.evaluate_policy(
         env,
         params,
         num_episodes=cfg.evaluate.episodes,
         num_envs=cfg.evaluate.num_envs,
-        seed=cfg.evaluate.key_seed,
+        seed=seed,
+        namespace=namespace,
         prompt=glue.prompt_for(label),
         ta=cfg.env.replan_every,
         beta=beta,
