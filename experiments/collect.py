@@ -20,7 +20,7 @@ import numpy as np
 from experiments import common, glue
 from experiments.presets import StudyConfig
 
-SCREEN_NAMESPACE = 2  # rollout key namespace for checkpoint screening (COLLECT = 0, EVAL = 1)
+SCREEN_NAMESPACE = glue.SCREEN_NAMESPACE  # rollout key namespace for checkpoint screening (glue.key_space)
 
 
 def stage_name(it: int) -> str:
@@ -35,6 +35,7 @@ def choose_checkpoint(cfg: StudyConfig, out: Path, env) -> dict:
     pcfg = glue.policy_config(cfg)
     lo, hi = cfg.collect.target_rate
     rates = {}
+    seed, namespace = glue.key_space(cfg, "screen")
     for step in candidates:
         params = glue.load_policy(Path(out) / "sft", pcfg, step)
         res = glue.evaluate_policy(
@@ -42,10 +43,10 @@ def choose_checkpoint(cfg: StudyConfig, out: Path, env) -> dict:
             params,
             num_episodes=cfg.collect.screen_episodes,
             num_envs=cfg.collect.num_envs,
-            seed=cfg.seed,
+            seed=seed,
             prompt=glue.INSTRUCTION,
             ta=cfg.env.replan_every,
-            namespace=SCREEN_NAMESPACE,
+            namespace=namespace,
         )
         rates[step] = float(np.mean(res["success"]))
         print(f"  screen SFT@{step}: success {rates[step]:.1%}", flush=True)
@@ -79,6 +80,7 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         source = f"recap_it{it - 1}(high)"
     store = EpisodeStore(Path(out) / "rollouts", create=True)
     first = it * cfg.collect.episodes
+    seed, namespace = glue.key_space(cfg, "collect", it)
     stats = rollout.collect(
         env,
         policy.sample_actions,
@@ -87,7 +89,8 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         cfg.collect.episodes,
         prompt=glue.INSTRUCTION,
         prompt_ids=prompt_ids,
-        seed=cfg.seed,
+        seed=seed,
+        namespace=namespace,
         first_id=first,
         num_envs=cfg.collect.num_envs,
         ta=cfg.env.replan_every,

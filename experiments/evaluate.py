@@ -5,7 +5,8 @@
 Conditions (paper Table 1): ``sft_init`` (the collection checkpoint), ``sft_final`` (SFT at
 ``sft.steps``), ``bc_all``, ``recap_low`` and ``recap_high`` (the one RECAP policy prompted with each
 token; ``evaluate.cfg_beta`` applies classifier-free guidance to ``recap_high``). Episode ``i`` of every
-condition starts from the same state (rollout key namespace EVAL), so outcomes pair by index.
+condition starts from the same state (``glue.key_space(cfg, "eval")``: seed ``evaluate.key_seed + seed``,
+namespace EVAL), so outcomes pair by index.
 Writes ``DIR/evaluate/<condition>.npz`` (success, steps, fell, cause; the first episodes' egocentric
 frames for the GIF) and a marker per condition, so a killed evaluation resumes per condition.
 
@@ -15,6 +16,8 @@ Any checkpoint can be evaluated on its own: ``--checkpoint DIR/finetune/recap --
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +58,14 @@ def condition_spec(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
 def evaluate_checkpoint(cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: float, label, beta: float, keep=()):
     env = glue.make_env(cfg)
     params = glue.load_policy(ckpt_dir, glue.policy_config(cfg, dropout), step)
+    seed, namespace = glue.key_space(cfg, "eval")
     return glue.evaluate_policy(
         env,
         params,
         num_episodes=cfg.evaluate.episodes,
         num_envs=cfg.evaluate.num_envs,
-        seed=cfg.evaluate.key_seed,
+        seed=seed,
+        namespace=namespace,
         prompt=glue.prompt_for(label),
         ta=cfg.env.replan_every,
         beta=beta,
@@ -126,23 +131,73 @@ def load_frames(out: Path, cond: str, it: int = 0) -> dict[int, np.ndarray]:
         return {int(k.split("_", 1)[1]): z[k] for k in z.files if k.startswith("images_")}
 
 
-def marker_slice(cfg: StudyConfig, cond: str) -> dict:
-    """The settings a condition's evaluation marker is keyed by. β reaches only ``recap_high``, so the other
-    conditions' markers (and outcomes) stay valid when a run directory is reused with ``--cfg-beta``."""
+def checkpoint_identity(run_dir: str | Path, step: int | None = None) -> dict:
+    """Identity of one policy checkpoint: its step (``None`` resolves to the latest complete step) and the
+    SHA-256 of its ``params`` files (relative paths and bytes, in sorted order), so a copied, retrained or
+    swapped checkpoint is told apart from the one an evaluation was made with.
+
+    Returns: {"step": int, "params_sha256": str}.
+    """
+    sub = Path(run_dir) / "checkpoints"
+    steps = sorted(int(d.name) for d in sub.iterdir() if d.is_dir() and d.name.isdigit()) if sub.is_dir() else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints at {sub}")
+    step = steps[-1] if step is None else int(step)
+    root = sub / str(step) / "params"
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no params files for step {step} at {root}")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return {"step": step, "params_sha256": h.hexdigest()}
+
+
+def marker_slice(cfg: StudyConfig, cond: str, checkpoint: dict | None = None) -> dict:
+    """What a condition's evaluation marker is keyed by: the eval settings, env, seed, the evaluation key
+    space, the condition's prompt/β/dropout and (``checkpoint``, from ``checkpoint_identity``) the
+    checkpoint's step and params hash. β reaches only ``recap_high``, so the other conditions' markers
+    (and outcomes) stay valid when a run directory is reused with ``--cfg-beta``."""
     settings = cfg.evaluate if cond == "recap_high" else dataclasses.replace(cfg.evaluate, cfg_beta=None)
-    return {"evaluate": settings, "env": cfg.env, "seed": cfg.seed, "condition": cond}
+    out = {"evaluate": settings, "env": cfg.env, "seed": cfg.seed, "condition": cond}
+    out["eval_keys"] = list(glue.key_space(cfg, "eval"))
+    if checkpoint is not None:
+        out["checkpoint"] = dict(checkpoint)
+    return out
+
+
+def _stale(out: Path, stage: str, cfg_slice: dict) -> bool:
+    """True when the stage has a marker written for other settings or another checkpoint."""
+    path = Path(out) / stage / common.MARKER
+    if not path.exists():
+        return False
+    try:
+        return common.read_json(path).get("config") != common._jsonable(cfg_slice)
+    except (OSError, json.JSONDecodeError):
+        return True
 
 
 def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
+    """Evaluates every condition; a condition whose marker matches this checkpoint (step + params hash)
+    and these settings is skipped, one whose marker does not is re-evaluated (with a note)."""
     markers = {}
     for cond in CONDITIONS:
         name = stage_name(it, cond)
+        spec = condition_spec(cfg, out, cond, it)
+        cfg_slice = marker_slice(cfg, cond, checkpoint_identity(Path(out) / spec["dir"], spec["step"]))
+        stale = _stale(out, name, cfg_slice)
+        if stale:
+            print(f"[{name}] marker made with another checkpoint or settings: re-evaluating", flush=True)
         markers[cond] = common.run_stage(
             out,
             name,
-            marker_slice(cfg, cond),
+            cfg_slice,
             lambda cond=cond: evaluate_condition(cfg, out, cond, it),
             files_fn=lambda _, name=name: [f"{name}.npz"],
+            force=stale,
         )
     return markers
 

@@ -23,6 +23,36 @@ ENV_NAME = "G1BendPick-v0"
 INSTRUCTION = "bend to pick up the cracker box"  # SIMPLE's prompt, "bend to pick up the {object}" lower-cased
 
 
+# ---- episode key spaces ---------------------------------------------------------------------------
+# Episode i of a stage is keyed ``rollout.episode_key(seed, namespace, i)`` with (seed, namespace) from
+# ``key_space``: every stage has its own namespace, so no two stages of a study replay the same scene.
+COLLECT_NAMESPACE = 0  # = rollout.COLLECT, collection iteration 0; iteration k uses COLLECT_NAMESPACE_BASE + k
+EVAL_NAMESPACE = 1  # = rollout.EVAL
+SCREEN_NAMESPACE = 2  # SFT checkpoint screening (collect.choose_checkpoint)
+DEMO_NAMESPACE = 3  # scripted-expert demos (sft.collect_demos)
+COLLECT_NAMESPACE_BASE = 100  # collection iteration k >= 1: namespace 100 + k
+KEY_STAGES = ("demos", "screen", "collect", "eval")
+
+
+def key_space(cfg: StudyConfig, stage: str, it: int = 0) -> tuple[int, int]:
+    """(seed, namespace) of a stage's episode keys.
+
+    demos / screen / collect use ``cfg.seed``; collection iteration ``it`` has its own namespace (its ids
+    ``it·collect.episodes …`` are disjoint too, so the episode store's ids stay unique). Evaluation uses
+    ``evaluate.key_seed + cfg.seed`` in namespace ``EVAL_NAMESPACE``: held out from every training-side
+    key, the same for every condition of one study (paired), different for every study seed.
+    """
+    if stage not in KEY_STAGES:
+        raise ValueError(f"unknown key stage {stage!r}; expected one of {KEY_STAGES}")
+    if stage == "eval":
+        return cfg.evaluate.key_seed + cfg.seed, EVAL_NAMESPACE
+    if stage == "collect":
+        if not isinstance(it, int) or it < 0:
+            raise ValueError(f"collection iteration must be an int >= 0, got {it!r}")
+        return cfg.seed, COLLECT_NAMESPACE if it == 0 else COLLECT_NAMESPACE_BASE + it
+    return cfg.seed, {"demos": DEMO_NAMESPACE, "screen": SCREEN_NAMESPACE}[stage]
+
+
 # ---- configs --------------------------------------------------------------------------------------
 
 

@@ -127,7 +127,7 @@ class EvalSettings:
 
     episodes: int = 500
     num_envs: int = 100
-    key_seed: int = 10_000  # held out: collection and demos use keys derived from `seed`
+    key_seed: int = 10_000  # evaluation keys use key_seed + seed (glue.key_space): held out, per seed
     cfg_beta: float | None = None  # classifier-free guidance at evaluation (needs indicator dropout)
     gif_episodes: int = 2  # high and low episodes each in the GIF
 

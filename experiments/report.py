@@ -2,9 +2,10 @@
 
 Everything here is computed from per-condition, per-episode outcome arrays (``Outcomes``) with the
 statistics of ``recap_jax.stats``: Wilson 95% intervals for each success rate, a pooled
-two-proportion z-test and a Wald 95% interval for each difference, and McNemar's exact test on the
-paired outcomes (every condition is evaluated on the same held-out reset keys, so episode ``i`` of
-two conditions starts from the same state).
+two-proportion z-test and a Wald 95% interval for each difference, and, for paired conditions (every
+condition is evaluated on the same held-out reset keys, so episode ``i`` of two conditions starts
+from the same state), Newcombe's paired score interval (``paired_ci_low``/``paired_ci_high``, the
+interval Table 1 prints) and McNemar's exact binomial test on the discordant episodes.
 
 Figures follow the paper: Fig. 2 (success rates with Wilson CIs), Fig. 4 (value-function
 calibration on a held-out episode), Fig. 6 (difference CIs of the two controlled comparisons).
@@ -111,15 +112,16 @@ def compare_counts(s1: float, n1: int, s2: float, n2: int) -> dict[str, float]:
 
 
 def compare(treatment: Outcomes, control: Outcomes) -> dict[str, Any]:
-    """One ``comparisons`` entry: the unpaired statistics plus McNemar's test on the paired episodes."""
+    """One ``comparisons`` entry: the unpaired statistics, plus (same episode count, so paired) Newcombe's
+    paired 95% interval and McNemar's exact test; ``None`` for those when the conditions are unpaired."""
     out: dict[str, Any] = compare_counts(
         int(treatment.success.sum()), treatment.episodes, int(control.success.sum()), control.episodes
     )
-    out["mcnemar_p"] = (
-        float(stats.mcnemar_test(treatment.success, control.success).p_value)
-        if treatment.episodes == control.episodes
-        else None
-    )
+    out["paired_ci_low"] = out["paired_ci_high"] = out["mcnemar_p"] = None
+    if treatment.episodes == control.episodes:
+        _, lo, hi = stats.paired_difference_interval(treatment.success, control.success)
+        out["paired_ci_low"], out["paired_ci_high"] = float(lo), float(hi)
+        out["mcnemar_p"] = float(stats.mcnemar_test(treatment.success, control.success).p_value)
     return out
 
 
@@ -211,13 +213,20 @@ def table1_markdown(results: Mapping[str, Any], labels: Mapping[str, tuple[str, 
         lines.append(
             f"| {name} | {data} | {row['episodes']} | {rate} | [{_pct(row['ci_low'])}, {_pct(row['ci_high'])}] |"
         )
-    lines += ["", "| Comparison | Δ (pts) | 95% CI (pts) | z | p | McNemar p |", "|---|---:|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| Comparison | Δ (pts) | 95% CI (pts) | z | p | McNemar p |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     names = {"high_vs_low": "RECAP-high vs RECAP-low", "recap_vs_bc": "RECAP-high vs BC-all"}
     for key, cmp in results["comparisons"].items():
-        mc = "n/a" if cmp.get("mcnemar_p") is None else _fmt_p(cmp["mcnemar_p"])
+        mc = "n/a" if cmp.get("mcnemar_p") is None else f"{_fmt_p(cmp['mcnemar_p'])} (exact)"
+        if cmp.get("paired_ci_low") is not None:  # paired episodes: Newcombe's interval
+            ci = f"[{_pct(cmp['paired_ci_low'])}, {_pct(cmp['paired_ci_high'])}] (paired)"
+        else:
+            ci = f"[{_pct(cmp['diff_ci_low'])}, {_pct(cmp['diff_ci_high'])}] (Wald)"
         lines.append(
-            f"| {names.get(key, key)} | {100 * cmp['diff']:+.1f} | [{_pct(cmp['diff_ci_low'])}, "
-            f"{_pct(cmp['diff_ci_high'])}] | {cmp['z']:.2f} | {_fmt_p(cmp['p'])} | {mc} |"
+            f"| {names.get(key, key)} | {100 * cmp['diff']:+.1f} | {ci} | {cmp['z']:.2f} | {_fmt_p(cmp['p'])} | {mc} |"
         )
     vf = results.get("value_function") or {}
     if vf:
@@ -273,7 +282,8 @@ def plot_success_rates(results: Mapping[str, Any], path: str, labels: Mapping | 
 
 
 def plot_differences(results: Mapping[str, Any], path: str) -> None:
-    """Fig. 6: the controlled effects as differences in success rate (points) with 95% CIs."""
+    """Fig. 6: the controlled effects as differences in success rate (points) with 95% CIs (paired, when
+    the comparison has a paired interval; Wald otherwise)."""
     plt = _plt()
     names = {
         "high_vs_low": "RECAP-high − RECAP-low\n(within model)",
@@ -283,7 +293,9 @@ def plot_differences(results: Mapping[str, Any], path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 2.6))
     for i, k in enumerate(keys):
         cmp = results["comparisons"][k]
-        d, lo, hi = 100 * cmp["diff"], 100 * cmp["diff_ci_low"], 100 * cmp["diff_ci_high"]
+        paired = cmp.get("paired_ci_low") is not None
+        lo_k, hi_k = ("paired_ci_low", "paired_ci_high") if paired else ("diff_ci_low", "diff_ci_high")
+        d, lo, hi = 100 * cmp["diff"], 100 * cmp[lo_k], 100 * cmp[hi_k]
         ax.errorbar([d], [i], xerr=[[d - lo], [hi - d]], fmt="o", capsize=5, color="tab:blue")
     ax.axvline(0.0, color="k", lw=0.8, ls="--")
     ax.set_yticks(range(len(keys)), [names.get(k, k) for k in keys], fontsize=8)

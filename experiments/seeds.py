@@ -4,7 +4,9 @@
 
 Runs (or resumes) ``recap_bendpick`` once per seed in ``DIR/seed<k>/`` and writes ``DIR/seeds.json``:
 per condition and comparison the per-seed values, their mean and sample standard deviation, and the
-pooled rate with its Wilson interval (all seeds' episodes together), plus ``DIR/seeds.md``.
+pooled rate with its Wilson interval (all seeds' episodes together), and for each comparison the pooled
+exact McNemar test over seeds (``stats.pooled_mcnemar``: the discordant episodes of every seed summed,
+the Mantel–Haenszel test for matched pairs), plus ``DIR/seeds.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import common, recap_bendpick, report
+from experiments import common, evaluate, recap_bendpick, report
+from recap_jax import stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,10 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def aggregate(per_seed: dict[int, dict]) -> dict:
+def aggregate(per_seed: dict[int, dict], outcomes: dict[int, dict[str, report.Outcomes]] | None = None) -> dict:
+    """Across-seed summary of per-seed ``results.json`` dicts; with ``outcomes`` (seed -> condition ->
+    paired per-episode ``Outcomes``) each comparison also gets ``pooled_mcnemar`` {p, n10, n01}
+    (n10: episodes the treatment solved and the control did not, summed over seeds)."""
     out: dict = {"seeds": sorted(per_seed), "conditions": {}, "comparisons": {}}
     for cond in report.CONDITIONS:
         rows = [per_seed[s]["conditions"][cond] for s in sorted(per_seed)]
@@ -48,6 +54,11 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
     for name in report.COMPARISONS:
         rows = [per_seed[s]["comparisons"][name] for s in sorted(per_seed)]
         out["comparisons"][name] = {"diff": spread([r["diff"] for r in rows])}
+        if outcomes is not None:
+            treat, ctrl = report.COMPARISONS[name]
+            pairs = [(outcomes[s][treat].success, outcomes[s][ctrl].success) for s in sorted(per_seed)]
+            p, n10, n01 = stats.pooled_mcnemar(pairs)
+            out["comparisons"][name]["pooled_mcnemar"] = {"p": p, "n10": n10, "n01": n01}
     return out
 
 
@@ -62,9 +73,11 @@ def markdown(agg: dict) -> str:
         p = row["pooled"]
         ci = f"[{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
         lines.append(f"| {cond} | {pm(row['rate'])} | {100 * p['rate']:.1f} {ci} |")
-    lines += ["", "| Comparison | Δ mean ± sd (pts) |", "|---|---:|"]
+    lines += ["", "| Comparison | Δ mean ± sd (pts) | pooled McNemar p (exact) [n10 vs n01] |", "|---|---:|---|"]
     for name, row in agg["comparisons"].items():
-        lines.append(f"| {name} | {pm(row['diff'])} |")
+        mc = row.get("pooled_mcnemar")
+        mcs = "n/a" if mc is None else f"{mc['p']:.3g} [{mc['n10']} vs {mc['n01']}]"
+        lines.append(f"| {name} | {pm(row['diff'])} | {mcs} |")
     return "\n".join(lines) + "\n"
 
 
@@ -73,14 +86,15 @@ def main(argv=None) -> dict:
 
     args = tyro.cli(Args, args=argv, description="The RECAP-Ψ study over several seeds, with the spread.")
     common.setup_jax()
-    per_seed = {}
+    per_seed, outcomes = {}, {}
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
         cfg = recap_bendpick.configure(recap_bendpick.Args(out=out, preset=args.preset, seed=seed))
         results = recap_bendpick.run_study(cfg, out)
         recap_bendpick.write_outputs(cfg, out, results)
         per_seed[seed] = results
-    agg = aggregate(per_seed)
+        outcomes[seed] = evaluate.load_outcomes(out, cfg.iterations - 1)  # the final iteration, as results
+    agg = aggregate(per_seed, outcomes)
     common.atomic_write_json(Path(args.out) / "seeds.json", agg)
     table = markdown(agg)
     (Path(args.out) / "seeds.md").write_text(table)

@@ -39,6 +39,7 @@ def collect_demos(cfg: StudyConfig, out: Path) -> dict:
     want = cfg.demos.num_demos
     per_wave = cfg.demos.num_envs
     tried = 0
+    seed, namespace = glue.key_space(cfg, "demos")
     max_episodes = want * (MAX_DEMO_WAVES if cfg.demos.successful_only else 1)
     while True:
         n = min(per_wave, max_episodes - tried)
@@ -49,7 +50,8 @@ def collect_demos(cfg: StudyConfig, out: Path) -> dict:
             raw,
             n,
             prompt=glue.INSTRUCTION,
-            seed=cfg.seed,
+            seed=seed,
+            namespace=namespace,
             first_id=DEMO_ID_OFFSET + tried,
             num_envs=per_wave,
             ta=cfg.env.replan_every,

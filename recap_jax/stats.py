@@ -8,6 +8,7 @@ approximation refined by one Halley step (|error| < 1e-13 on (1e-300, 1 − 1e-1
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -134,13 +135,62 @@ def difference_interval(k1: int, n1: int, k2: int, n2: int, confidence: float = 
     return p1 - p2, max(-1.0, p1 - p2 - half), min(1.0, p1 - p2 + half)
 
 
+def _paired_binary(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Validates two aligned per-episode outcome arrays (bool, or ints/floats that are exactly 0 or 1)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"shape mismatch: a {a.shape} vs b {b.shape} (want equal 1-d per-episode outcomes)")
+    if a.size == 0:
+        raise ValueError("need at least one paired episode (n = 0)")
+    for x, name in ((a, "a"), (b, "b")):
+        if x.dtype != bool and not (np.issubdtype(x.dtype, np.number) and np.all((x == 0) | (x == 1))):
+            raise ValueError(f"{name} must hold binary outcomes (bool or 0/1), got dtype {x.dtype}")
+    return a.astype(bool), b.astype(bool)
+
+
+def paired_difference_interval(a, b, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Newcombe's hybrid score interval for the difference of two paired proportions (1998, method 10).
+
+    With n paired episodes, cell counts n11 (both succeed), n10 (a only), n01 (b only), n00 (neither):
+    p1 = (n11 + n10)/n, p2 = (n11 + n01)/n, d = p1 − p2 = (n10 − n01)/n. (l1, u1), (l2, u2) are the
+    Wilson score intervals of p1 and p2, and φ is the correlation of the 2×2 table with Newcombe's
+    correction: φ = max(n11·n00 − n10·n01 − n/2, 0)/√(efgh) when n11·n00 > n10·n01, else
+    (n11·n00 − n10·n01)/√(efgh), with e, f, g, h the four margins (φ = 0 if a margin is 0). Then
+    low = d − √((p1 − l1)² − 2φ(p1 − l1)(u2 − p2) + (u2 − p2)²),
+    high = d + √((u1 − p1)² − 2φ(u1 − p1)(p2 − l2) + (p2 − l2)²).
+    (Newcombe RG, Stat Med 1998;17:2635–50.)
+
+    Args: a, b: bool/0-1 arrays [N], per-episode success of each condition, aligned by episode.
+    Returns: (d, low, high) as fractions in [−1, 1].
+    """
+    a, b = _paired_binary(a, b)
+    n = a.size
+    n11, n10 = int(np.sum(a & b)), int(np.sum(a & ~b))
+    n01, n00 = int(np.sum(~a & b)), int(np.sum(~a & ~b))
+    p1, p2 = (n11 + n10) / n, (n11 + n01) / n
+    l1, u1 = wilson_interval(n11 + n10, n, confidence)
+    l2, u2 = wilson_interval(n11 + n01, n, confidence)
+    margins = (n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00)
+    cross = n11 * n00 - n10 * n01
+    if margins == 0:
+        phi = 0.0
+    elif cross > 0:
+        phi = max(cross - n / 2.0, 0.0) / math.sqrt(margins)
+    else:
+        phi = cross / math.sqrt(margins)
+    d = p1 - p2
+    dl = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    du = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    return d, max(-1.0, d - dl), min(1.0, d + du)
+
+
 class McNemarResult(NamedTuple):
     """Paired comparison of two conditions on the same episodes (a tuple: ``stat, p, *_ = result``).
 
-    statistic: the χ² value (continuity-corrected) or, for the exact test, min(n01, n10).
+    statistic: min(n01, n10), the smaller discordant count the binomial tail is taken at.
     p_value: two-sided p.
     n01: episodes where condition a failed and b succeeded; n10: a succeeded and b failed.
-    method: "exact" (two-sided binomial with p = ½) or "chi2" (1 d.o.f., continuity correction).
+    method: "exact" (two-sided binomial on the discordant pairs, p = ½) or "mid-p" (its mid-p variant).
     """
 
     statistic: float
@@ -150,35 +200,53 @@ class McNemarResult(NamedTuple):
     method: str
 
 
-def mcnemar_test(a, b, exact_threshold: int = 25) -> McNemarResult:
-    """McNemar's test for paired binary outcomes (e.g. two prompts evaluated on the same reset keys).
-
-    With d = n01 + n10 discordant pairs: if d < ``exact_threshold`` the exact two-sided binomial test
-    p = min(1, 2·P[Bin(d, ½) ≤ min(n01, n10)]); otherwise χ² = (|n01 − n10| − 1)²/d with 1 d.o.f. and
-    p = erfc(sqrt(χ²/2)). No discordant pairs gives p = 1.
-
-    Args: a, b: bool/0-1 arrays [N], the per-episode success of each condition, aligned by episode.
-    Returns: :class:`McNemarResult`.
-    """
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"shape mismatch: a {a.shape} vs b {b.shape} (want equal 1-d per-episode outcomes)")
-    if a.size == 0:
-        raise ValueError("need at least one paired episode (n = 0)")
-    for x, name in ((a, "a"), (b, "b")):
-        if not np.all((x == 0) | (x == 1)):
-            raise ValueError(f"{name} must hold binary outcomes (bool or 0/1)")
-    a, b = a.astype(bool), b.astype(bool)
-    n01, n10 = int(np.sum(~a & b)), int(np.sum(a & ~b))
+def _mcnemar_counts(n01: int, n10: int, mid_p: bool) -> McNemarResult:
+    """Exact (or mid-p) two-sided binomial test of n10 vs n01; integer arithmetic, exact at any count."""
     d = n01 + n10
+    method = "mid-p" if mid_p else "exact"
     if d == 0:
-        return McNemarResult(0.0, 1.0, n01, n10, "exact")
-    if d < exact_threshold:
-        m = min(n01, n10)
-        tail = sum(math.comb(d, i) for i in range(m + 1)) / 2.0**d
-        return McNemarResult(float(m), min(1.0, 2.0 * tail), n01, n10, "exact")
-    chi2 = (abs(n01 - n10) - 1.0) ** 2 / d
-    return McNemarResult(chi2, math.erfc(math.sqrt(chi2 / 2.0)), n01, n10, "chi2")
+        return McNemarResult(0.0, 1.0, n01, n10, method)
+    m = min(n01, n10)
+    tail = Fraction(sum(math.comb(d, i) for i in range(m + 1)), 2**d)  # P[Bin(d, ½) ≤ m]
+    if mid_p:
+        tail -= Fraction(math.comb(d, m), 2 ** (d + 1))
+    return McNemarResult(float(m), min(1.0, float(2 * tail)), n01, n10, method)
+
+
+def mcnemar_test(a, b, mid_p: bool = False) -> McNemarResult:
+    """McNemar's exact test for paired binary outcomes (e.g. two prompts evaluated on the same reset keys).
+
+    With n01, n10 the discordant counts, d = n01 + n10 and m = min(n01, n10): under H0 each discordant
+    pair favours a or b with probability ½, so the exact two-sided p = min(1, 2·P[Bin(d, ½) ≤ m]) at
+    every d (no χ² switch). ``mid_p=True`` gives the mid-p variant,
+    p = min(1, 2·(P[Bin(d, ½) ≤ m] − ½·P[Bin(d, ½) = m])), less conservative. No discordant pairs: p = 1.
+
+    Args: a, b: bool/0-1 arrays [N], the per-episode success of each condition, aligned by episode;
+        mid_p: use the mid-p variant.
+    Returns: :class:`McNemarResult` (``method`` is "exact" or "mid-p").
+    """
+    a, b = _paired_binary(a, b)
+    return _mcnemar_counts(int(np.sum(~a & b)), int(np.sum(a & ~b)), mid_p)
+
+
+def pooled_mcnemar(pairs) -> tuple[float, int, int]:
+    """Exact McNemar test on discordant counts summed over strata (seeds): the Mantel–Haenszel test for
+    matched pairs, which for 1:1 matching reduces to the exact binomial test on Σn10 vs Σn01.
+
+    Args: pairs: sequence of (a, b), each two aligned bool/0-1 arrays [N_s] (stratum s; N_s may differ).
+    Returns: (two-sided exact p, n10 = Σ a-only successes, n01 = Σ b-only successes).
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pooled_mcnemar needs at least one (a, b) pair")
+    n10 = n01 = 0
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise ValueError(f"pairs[{i}] must be an (a, b) pair, got {len(pair)} items")
+        a, b = _paired_binary(*pair)
+        n10 += int(np.sum(a & ~b))
+        n01 += int(np.sum(~a & b))
+    return _mcnemar_counts(n01, n10, False).p_value, n10, n01
 
 
 # -------------------------------------------------------------------------------- regression / ranking

@@ -82,7 +82,19 @@ def test_seed_spread():
             preset="x", seed=k, provenance={}, outcomes=outs, value_function=None, rollouts=None, seconds={}
         )
 
-    agg = seeds.aggregate({0: results(1), 1: results(3)})
+    def outs(k):
+        return {
+            c: report.Outcomes(success=np.arange(10) < k + i, steps=np.full(10, 100))
+            for i, c in enumerate(report.CONDITIONS)
+        }
+
+    agg = seeds.aggregate({0: results(1), 1: results(3)}, {0: outs(1), 1: outs(3)})
+    # recap_high is condition index 4, recap_low 3: per seed 1 episode high-only, none low-only.
+    assert agg["comparisons"]["high_vs_low"]["pooled_mcnemar"] == {"p": 2 / 4, "n10": 2, "n01": 0}
+    # recap_high vs bc_all (index 2): 2 high-only episodes per seed -> 4 vs 0, p = 2/16.
+    assert agg["comparisons"]["recap_vs_bc"]["pooled_mcnemar"] == {"p": 2 / 16, "n10": 4, "n01": 0}
+    assert "0.5 [2 vs 0]" in seeds.markdown(agg)
+    assert "pooled_mcnemar" not in seeds.aggregate({0: results(1)})["comparisons"]["high_vs_low"]
     row = agg["conditions"]["sft_init"]
     assert row["rate"]["values"] == [0.1, 0.3] and abs(row["rate"]["mean"] - 0.2) < 1e-12
     assert abs(row["rate"]["std"] - np.std([0.1, 0.3], ddof=1)) < 1e-12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -62,8 +63,8 @@ def test_comparisons_reproduce_paper_statistics():
     assert (round(100 * hl["diff_ci_low"], 1), round(100 * hl["diff_ci_high"], 1)) == (3.9, 14.7)
     assert (round(100 * rb["diff_ci_low"], 1), round(100 * rb["diff_ci_high"], 1)) == (7.3, 17.9)
     table = report.table1_markdown(_paper_results())
-    assert "| RECAP-high vs RECAP-low | +9.3 | [3.9, 14.7] | 3.35 | < 0.001 | n/a |" in table
-    assert "| RECAP-high vs BC-all | +12.6 | [7.3, 17.9] | 4.63 | < 0.001 | n/a |" in table
+    assert "| RECAP-high vs RECAP-low | +9.3 | [3.9, 14.7] (Wald) | 3.35 | < 0.001 | n/a |" in table
+    assert "| RECAP-high vs BC-all | +12.6 | [7.3, 17.9] (Wald) | 4.63 | < 0.001 | n/a |" in table
 
 
 def _outcomes(successes: int, n: int, rng: np.random.Generator, limit: int = 600) -> report.Outcomes:
@@ -103,8 +104,18 @@ def test_build_results_schema_and_files(tmp_path):
         assert row["failures"]["fell"] + row["failures"]["timeout"] + row["failures"]["other"] == N - s
         assert row["mean_steps_to_success"] >= 100
     for cmp in results["comparisons"].values():
-        assert set(cmp) == {"diff", "diff_ci_low", "diff_ci_high", "z", "p", "mcnemar_p"}
+        assert set(cmp) == {
+            "diff",
+            "diff_ci_low",
+            "diff_ci_high",
+            "z",
+            "p",
+            "mcnemar_p",
+            "paired_ci_low",
+            "paired_ci_high",
+        }
         assert 0.0 <= cmp["mcnemar_p"] <= 1.0
+        assert cmp["paired_ci_low"] < cmp["diff"] < cmp["paired_ci_high"]
     assert results["comparisons"]["recap_vs_bc"]["diff"] == pytest.approx((154 - 91) / N)
 
     calib = [
@@ -126,6 +137,22 @@ def test_mcnemar_is_paired():
     assert report.compare(a, a)["mcnemar_p"] == pytest.approx(1.0)
     b = report.Outcomes(success=np.ones(100, bool), steps=np.full(100, 50))
     assert report.compare(b, a)["mcnemar_p"] < 1e-3
+    # Same marginal rates (30 vs 20 of 100), different pairing. An unpaired test sees the same two
+    # proportions both times (same z, same p); McNemar and the paired interval must not.
+    steps = np.full(100, 50)
+    base = np.zeros(100, bool)
+    t_nested, c_nested = base.copy(), base.copy()
+    t_nested[:30], c_nested[:20] = True, True  # control's successes ⊂ treatment's: 10 vs 0 discordant
+    t_split, c_split = base.copy(), base.copy()
+    t_split[:30], c_split[30:50] = True, True  # disjoint successes: 30 vs 20 discordant
+    nested = report.compare(report.Outcomes(t_nested, steps), report.Outcomes(c_nested, steps))
+    split = report.compare(report.Outcomes(t_split, steps), report.Outcomes(c_split, steps))
+    assert nested["p"] == split["p"] and nested["diff_ci_low"] == split["diff_ci_low"]
+    assert nested["mcnemar_p"] == pytest.approx(2 / 2**10)
+    assert split["mcnemar_p"] == pytest.approx(2 * sum(math.comb(50, i) for i in range(21)) / 2**50)
+    assert split["mcnemar_p"] > 0.2 > 0.01 > nested["mcnemar_p"]
+    assert nested["paired_ci_low"] > 0 > split["paired_ci_low"]
+    assert nested["paired_ci_high"] - nested["paired_ci_low"] < split["paired_ci_high"] - split["paired_ci_low"]
 
 
 def test_missing_condition_is_an_error():

@@ -176,27 +176,114 @@ def test_mse():
         S.mse([], [])
 
 
-def test_mcnemar_exact_and_chi2():
-    # 3 episodes a-only, 9 b-only out of 40: exact two-sided binomial.
-    a = np.array([1] * 3 + [0] * 9 + [1] * 10 + [0] * 18, bool)
-    b = np.array([0] * 3 + [1] * 9 + [1] * 10 + [0] * 18, bool)
+def _table(n11, n10, n01, n00):
+    """Paired outcomes with the given 2×2 cell counts (a-and-b, a-only, b-only, neither)."""
+    a = np.r_[np.ones(n11), np.ones(n10), np.zeros(n01), np.zeros(n00)].astype(bool)
+    b = np.r_[np.ones(n11), np.zeros(n10), np.ones(n01), np.zeros(n00)].astype(bool)
+    return a, b
+
+
+def test_mcnemar_exact_at_every_count():
+    # 3 episodes a-only, 9 b-only out of 40: p = 2·P[Bin(12, ½) ≤ 3] = 2·299/4096.
+    a, b = _table(10, 3, 9, 18)
     res = S.mcnemar_test(a, b)
-    assert (res.n10, res.n01, res.method) == (3, 9, "exact")
-    assert res.p_value == pytest.approx(2 * sum(math.comb(12, i) for i in range(4)) / 2**12)
-    # Large discordant counts: χ² with continuity correction, p = P[χ²₁ > stat].
-    a2 = np.r_[np.ones(40), np.zeros(20), np.ones(100)].astype(bool)
-    b2 = np.r_[np.zeros(40), np.ones(20), np.ones(100)].astype(bool)
+    assert (res.n10, res.n01, res.method, res.statistic) == (3, 9, "exact", 3.0)
+    assert res.p_value == pytest.approx(2 * 299 / 4096, rel=1e-12)
+    mid = S.mcnemar_test(a, b, mid_p=True)  # minus ½·P[X = 3] = ½·220/4096 per tail
+    assert mid.method == "mid-p" and mid.p_value == pytest.approx(2 * (299 - 110) / 4096, rel=1e-12)
+    # 40 vs 20 discordant pairs: still exact (no χ² switch); P[Bin(60, ½) ≤ 20] by exact integer sums.
+    a2, b2 = _table(100, 40, 20, 0)
     r2 = S.mcnemar_test(a2, b2)
-    assert (r2.n10, r2.n01, r2.method) == (40, 20, "chi2")
-    assert r2.statistic == pytest.approx(19**2 / 60)
-    assert r2.p_value == pytest.approx(2 * S.norm_sf(math.sqrt(19**2 / 60)))
+    assert (r2.n10, r2.n01, r2.method) == (40, 20, "exact")
+    assert r2.p_value == pytest.approx(2 * sum(math.comb(60, i) for i in range(21)) / 2**60, rel=1e-12)
+    assert 0.01 < r2.p_value < 0.02  # 0.0135; the continuity-corrected χ² would give 0.0142
     stat, p, *_ = r2  # a tuple: (statistic, p_value, n01, n10, method)
     assert (stat, p) == (r2.statistic, r2.p_value) and r2[1] == r2.p_value
-    assert S.mcnemar_test(a, a).p_value == 1.0
-    assert S.mcnemar_test([1, 0], [0, 1]).p_value == 1.0
+    # Zero discordant pairs (a = b): p = 1; all discordant one way (n = 10): p = 2/2¹⁰.
+    assert S.mcnemar_test(a, a).p_value == 1.0 and S.mcnemar_test(a, a, mid_p=True).p_value == 1.0
+    assert S.mcnemar_test(np.ones(10, bool), np.zeros(10, bool)).p_value == pytest.approx(2 / 1024)
+    assert S.mcnemar_test(np.ones(10, bool), np.zeros(10, bool), mid_p=True).p_value == pytest.approx(1 / 1024)
+    assert S.mcnemar_test([1, 0], [0, 1]).p_value == 1.0  # 1 vs 1: 2·P[Bin(2, ½) ≤ 1] capped at 1
+    # Pairing matters: the same marginal rates (10 vs 20 of 40) as a table with 0 a-only pairs.
+    assert S.mcnemar_test(*_table(10, 0, 10, 20)).p_value == pytest.approx(2 / 1024)
+    assert S.mcnemar_test(*_table(0, 10, 20, 10)).p_value > 0.09
+
+
+def test_mcnemar_and_paired_interval_bad_input():
+    a, b = _table(10, 3, 9, 18)
+    for fn in (S.mcnemar_test, S.paired_difference_interval):
+        with pytest.raises(ValueError, match="shape mismatch"):
+            fn(a, b[:-1])
+        with pytest.raises(ValueError, match="binary"):
+            fn([0, 2], [0, 1])
+        with pytest.raises(ValueError, match="binary"):
+            fn(np.array([0.5, 1.0]), np.array([0.0, 1.0]))
+        with pytest.raises(ValueError, match="binary"):
+            fn(np.array(["1", "0"]), np.array([True, False]))
+        with pytest.raises(ValueError, match="n = 0"):
+            fn([], [])
     with pytest.raises(ValueError, match="shape mismatch"):
-        S.mcnemar_test(a, b[:-1])
-    with pytest.raises(ValueError, match="binary"):
-        S.mcnemar_test([0, 2], [0, 1])
-    with pytest.raises(ValueError, match="n = 0"):
-        S.mcnemar_test([], [])
+        S.pooled_mcnemar([(a, b), (a, b[:-1])])
+    with pytest.raises(ValueError, match="at least one"):
+        S.pooled_mcnemar([])
+
+
+def test_pooled_mcnemar_sums_discordant_counts():
+    # Seed 1: 3 a-only, 9 b-only; seed 2: 2 a-only, 6 b-only -> exact test of 5 vs 15 of 20.
+    pairs = [_table(10, 3, 9, 18), _table(4, 2, 6, 3)]
+    p, n10, n01 = S.pooled_mcnemar(pairs)
+    assert (n10, n01) == (5, 15)
+    assert p == pytest.approx(2 * sum(math.comb(20, i) for i in range(6)) / 2**20, rel=1e-12)
+    assert p < min(S.mcnemar_test(*pr).p_value for pr in pairs)  # pooling adds power
+    assert S.pooled_mcnemar([_table(3, 0, 0, 4), _table(1, 0, 0, 1)]) == (1.0, 0, 0)
+    # Opposite effects in two seeds cancel: 6 vs 6 overall.
+    assert S.pooled_mcnemar([_table(0, 6, 0, 2), _table(0, 0, 6, 2)])[0] == 1.0
+
+
+def _newcombe10(n11, n10, n01, n00, z=1.959963984540054):
+    """Method 10 written out independently: Wilson limits as roots of (p − p̂)² = z²p(1 − p)/n."""
+    n = n11 + n10 + n01 + n00
+
+    def wilson(k):
+        qa, qb, qc = 1 + z * z / n, -(2 * k / n + z * z / n), (k / n) ** 2
+        r = math.sqrt(qb * qb - 4 * qa * qc)
+        return (-qb - r) / (2 * qa), (-qb + r) / (2 * qa)
+
+    p1, p2 = (n11 + n10) / n, (n11 + n01) / n
+    (l1, u1), (l2, u2) = wilson(n11 + n10), wilson(n11 + n01)
+    efgh = (n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00)
+    num = n11 * n00 - n10 * n01
+    num = max(num - n / 2, 0) if num > 0 else num
+    phi = num / math.sqrt(efgh) if efgh else 0.0
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    return d, lo, hi
+
+
+def test_paired_difference_interval_newcombe():
+    # Newcombe (1998) Table II, method 10: (36, 12, 2, 0) -> 0.0569 to 0.3404; (263, 15, 3, 0) -> 0.0133 to 0.0764.
+    d, lo, hi = S.paired_difference_interval(*_table(36, 12, 2, 0))
+    assert d == pytest.approx(0.2) and (lo, hi) == pytest.approx((0.0569, 0.3404), abs=1e-4)
+    d, lo, hi = S.paired_difference_interval(*_table(263, 15, 3, 0))
+    assert d == pytest.approx(12 / 281) and (lo, hi) == pytest.approx((0.0133, 0.0764), abs=1e-4)
+    # Positive correlation (the φ correction applies: 20·10 − 5·2 = 190 > n/2) and negative, vs the formula.
+    for cells in ((20, 5, 2, 10), (30, 2, 1, 40), (3, 8, 1, 2), (0, 4, 3, 0)):
+        assert S.paired_difference_interval(*_table(*cells)) == pytest.approx(_newcombe10(*cells), abs=1e-12)
+    # Pairing narrows the interval below the unpaired Wald one when outcomes are correlated.
+    _, lo, hi = S.paired_difference_interval(*_table(30, 2, 1, 40))
+    _, wlo, whi = S.difference_interval(32, 73, 31, 73)
+    assert hi - lo < whi - wlo
+    # a = b: d = 0, symmetric around 0; all discordant one way (n = 5): d = 1, high = 1.
+    a, _ = _table(4, 2, 0, 3)
+    d, lo, hi = S.paired_difference_interval(a, a)
+    assert d == 0.0 and lo == pytest.approx(-hi) and 0 < hi < 0.5
+    d, lo, hi = S.paired_difference_interval(*_table(0, 5, 0, 0))
+    assert (d, hi) == (1.0, 1.0) and lo == pytest.approx(_newcombe10(0, 5, 0, 0)[1]) and 0.3 < lo < 0.5
+    d, lo, hi = S.paired_difference_interval(*_table(0, 0, 5, 0))
+    assert (d, lo) == (-1.0, -1.0)
+    # Wider at higher confidence.
+    a, b = _table(20, 5, 2, 10)
+    _, l90, h90 = S.paired_difference_interval(a, b, 0.90)
+    _, l99, h99 = S.paired_difference_interval(a, b, 0.99)
+    assert l99 < l90 and h99 > h90
