@@ -1,5 +1,6 @@
 """LeRobot v2.1 (SIMPLE layout) import: bit-exact states/actions/prompts, images, resumption, bad input."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ def test_every_and_resume(tmp_path):
     # an interrupted import: episode 0 only is in the store and no stats file yet
     full = lerobot._Dataset(SAMPLE)
     store = EpisodeStore(store_dir, create=True)
-    store.append(lerobot._read_episode(full, full.episodes[0], (24, 40), 4))
+    store.append(lerobot._read_episode(full, full.episodes[0], (24, 40), 4)[0])
     assert not (store_dir / lerobot.STATS_FILE).exists()
     store = lerobot.import_lerobot(SAMPLE, store_dir, image_size=(24, 40), every=4)
     assert store.episode_ids() == [0, 1]
@@ -129,3 +130,46 @@ def test_unreadable_video(tmp_path):
     (root / "videos/chunk-000/egocentric/episode_000000.mp4").write_bytes(b"not a video")
     with pytest.raises(ValueError, match=r"episode_000000.mp4: video for observation.images.egocentric unreadable"):
         lerobot.import_lerobot(root, tmp_path / "s")
+
+
+def test_export_import_round_trip(tmp_path, imported):
+    _, src = imported
+    store_dir = tmp_path / "src"
+    store = EpisodeStore(store_dir, create=True)
+    eps = []
+    for e in src.load():
+        keep = np.arange(0, e.n_steps, 3, dtype=np.int32)
+        eps.append(
+            dataclasses.replace(
+                e,
+                episode_id=e.episode_id + 10,
+                image_steps=keep,
+                images=e.images[keep],
+                success=e.episode_id == 1,
+                tags={"kind": "rollout", "iteration": 2},
+            )
+        )
+    store.append(eps)
+    rng = np.random.default_rng(0)
+    labels = {e.episode_id: rng.integers(-1, 2, e.image_steps.size).astype(np.int8) for e in eps}
+    returns = {e.episode_id: rng.normal(size=e.image_steps.size).astype(np.float32) for e in eps}
+    store.write_annotation("label", labels)
+    store.write_annotation("return", returns)
+    root = lerobot.export_lerobot(store_dir, tmp_path / "ds", fps=50)
+    info = json.loads((root / "meta/info.json").read_text())
+    assert "observation.leg_joints" in info["recap_jax"]["absent_fields"]
+    assert "recap.annotation.label" in info["features"]
+    stats = lerobot.read_psi0_stats(root / "meta/stats_psi0.json")
+    np.testing.assert_allclose(stats["states"]["mean"], np.concatenate([e.states for e in eps]).mean(0), atol=1e-6)
+    back = lerobot.import_lerobot(root, tmp_path / "back", image_size=SIZE)
+    assert back.episode_ids() == [10, 11]
+    for a, b in zip(eps, back.load(), strict=True):
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.image_steps, b.image_steps)
+        assert a.prompt == b.prompt and a.success == b.success and b.tags["kind"] == "rollout"
+        assert np.abs(a.images.astype(np.float32) - b.images.astype(np.float32)).mean() <= 3.0
+    for name, want in (("label", labels), ("return", returns)):
+        got = back.read_annotation(name)
+        for eid, v in want.items():
+            np.testing.assert_array_equal(got[eid], v)

@@ -37,6 +37,10 @@ ACTION_KEY = "action"
 IMAGE_KEY = "observation.images.egocentric"
 STATS_FILE = "stats_psi0.json"
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
+VIDEO_FRAME_KEY = "recap.video_frame_index"
+ANNOTATION_PREFIX = "recap.annotation."
+DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/egocentric/episode_{episode_index:06d}.mp4"
 _META_FILES = ("info.json", "episodes.jsonl", "tasks.jsonl", STATS_FILE)
 
 
@@ -223,21 +227,40 @@ def _read_episode(ds: _Dataset, row: dict, image_size: tuple[int, int], every: i
     actions = _column(table, ACTION_KEY, ACTION_DIM, ppath)
     vpath = ds.path("video_path", idx)
     frames = decode_video(vpath)
-    if frames.shape[0] < length:
-        raise ValueError(f"{vpath}: video for {IMAGE_KEY} has {frames.shape[0]} frames, parquet has {length} rows")
-    steps = np.arange(0, length, every, dtype=np.int32)
-    images = resize_frames(frames[steps], image_size)
-    return Episode(
-        episode_id=idx,
+    if VIDEO_FRAME_KEY in table.column_names:  # our export: video frames only at the imaged rows
+        vfi = table.column(VIDEO_FRAME_KEY).to_numpy()
+        imaged = np.flatnonzero(vfi >= 0)
+        if imaged.size != frames.shape[0] or np.any(vfi[imaged] != np.arange(imaged.size)):
+            raise ValueError(
+                f"{vpath}: video has {frames.shape[0]} frames but column {VIDEO_FRAME_KEY} names {imaged.size}"
+            )
+        steps = imaged[::every].astype(np.int32)
+        images = resize_frames(frames[vfi[steps]], image_size)
+    else:
+        if frames.shape[0] < length:
+            raise ValueError(f"{vpath}: video for {IMAGE_KEY} has {frames.shape[0]} frames, parquet has {length} rows")
+        steps = np.arange(0, length, every, dtype=np.int32)
+        images = resize_frames(frames[steps], image_size)
+    annotations = {}
+    for name in table.column_names:
+        if name.startswith(ANNOTATION_PREFIX):
+            annotations[name[len(ANNOTATION_PREFIX) :]] = table.column(name).to_numpy()[steps]
+    success = bool(row.get("success", True))  # SIMPLE exports only successful expert demos
+    tags = dict(row.get("tags", {"kind": "demo"}))
+    tags.setdefault("source", "lerobot")
+    tags["dataset"] = str(ds.root.name)
+    ep = Episode(
+        episode_id=int(row.get("recap_episode_id", idx)),
         states=states,
         actions=actions,
         image_steps=steps,
         images=images,
         prompt=ds.prompt(row),
-        success=True,  # SIMPLE exports only successful expert demos
+        success=success,
         n_steps=length,
-        tags={"kind": "demo", "source": "lerobot", "dataset": str(ds.root.name)},
+        tags=tags,
     )
+    return ep, annotations
 
 
 def import_lerobot(
@@ -263,13 +286,204 @@ def import_lerobot(
     store = EpisodeStore(store_dir, create=True)
     done = set(store.episode_ids())
     for row in ds.episodes:
-        if int(row["episode_index"]) in done:
+        if int(row.get("recap_episode_id", row["episode_index"])) in done:
             continue
-        store.append(_read_episode(ds, row, image_size, int(every)))
+        ep, annotations = _read_episode(ds, row, image_size, int(every))
+        store.append(ep)
+        for name, values in annotations.items():
+            store.write_annotation(name, {ep.episode_id: values})
     payload = {k: {s: v.tolist() for s, v in d.items()} for k, d in ds.stats.items()}
     atomic_write_bytes(Path(store_dir) / STATS_FILE, json.dumps(payload).encode())
     store.refresh()
     return store
+
+
+def _stats(x: np.ndarray) -> dict[str, list]:
+    """float [N, D] → {mean, std, min, max, q01, q99} lists of D floats (and count [N])."""
+    x = np.asarray(x, np.float64)
+    return {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "min": x.min(0).tolist(),
+        "max": x.max(0).tolist(),
+        "q01": np.quantile(x, 0.01, axis=0).tolist(),
+        "q99": np.quantile(x, 0.99, axis=0).tolist(),
+        "count": [int(x.shape[0])],
+    }
+
+
+def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
+    """uint8 [N, H, W, 3] → H.264 yuv420p mp4 at ``fps`` (H and W must be even), written atomically."""
+    import av
+
+    tmp = path.with_name(path.name + ".tmp.mp4")
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+
+
+def export_lerobot(store_dir: str | os.PathLike, root: str | os.PathLike, *, fps: int = 50) -> Path:
+    """Writes the ``EpisodeStore`` at ``store_dir`` as a LeRobot v2.1 dataset (SIMPLE layout) at ``root``.
+
+    Per episode (``episode_index`` 0..N-1 in store order; the store id is ``recap_episode_id`` in
+    ``episodes.jsonl``): a parquet with ``states`` f32[32], ``action`` f32[36], ``timestamp``,
+    ``frame_index``, ``episode_index``, ``index``, ``task_index``, ``next.done``, plus the extra features
+    ``recap.success`` (bool, the episode outcome on every row), ``recap.video_frame_index`` (int64, the
+    row's frame in the mp4, -1 where the store has no image) and ``recap.annotation.<name>`` (float32,
+    the store annotation at imaged rows, NaN elsewhere: ``return``, ``value``, ``advantage``, ``label``...).
+    The mp4 holds only the store's imaged steps, at the store's image size. Fields the store does not
+    record (``observation.leg_joints`` etc., ``environment_config``) are listed in info.json
+    ``recap_jax.absent_fields``, never invented. Returns ``root``. ``meta/info.json`` is written last.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = EpisodeStore(store_dir)
+    root = Path(root)
+    if (root / "meta" / "info.json").exists():
+        raise ValueError(f"{root / 'meta/info.json'}: a dataset already exists at {root}")
+    eps = store.load()
+    if not eps:
+        raise ValueError(f"{store_dir}: the store has no episodes to export")
+    ann_names = store.annotation_names()
+    anns = {n: store.read_annotation(n) for n in ann_names}
+    for n, d in anns.items():
+        for eid, v in d.items():
+            if np.ndim(v) != 1:
+                raise ValueError(
+                    f"annotation {n!r}: episode {eid} has shape {np.shape(v)}; only per-step scalars export"
+                )
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    tasks: dict[str, int] = {}
+    ep_rows, ep_stats = [], []
+    chunks_size = 1000
+    offset = 0
+    image_shape = None
+    imaged_total = 0
+    for i, ep in enumerate(eps):
+        t = ep.n_steps
+        task = tasks.setdefault(ep.prompt, len(tasks))
+        vfi = np.full((t,), -1, np.int64)
+        vfi[ep.image_steps] = np.arange(ep.image_steps.size)
+        cols = {
+            STATE_KEY: pa.FixedSizeListArray.from_arrays(pa.array(ep.states.reshape(-1), pa.float32()), STATE_DIM),
+            ACTION_KEY: pa.FixedSizeListArray.from_arrays(pa.array(ep.actions.reshape(-1), pa.float32()), ACTION_DIM),
+            "timestamp": pa.array(np.arange(t, dtype=np.float32) / np.float32(fps), pa.float32()),
+            "frame_index": pa.array(np.arange(t, dtype=np.int64)),
+            "episode_index": pa.array(np.full((t,), i, np.int64)),
+            "index": pa.array(np.arange(offset, offset + t, dtype=np.int64)),
+            "task_index": pa.array(np.full((t,), task, np.int64)),
+            "next.done": pa.array(np.arange(t) == t - 1),
+            "recap.success": pa.array(np.full((t,), bool(ep.success))),
+            VIDEO_FRAME_KEY: pa.array(vfi),
+        }
+        for n, d in anns.items():
+            col = np.full((t,), np.nan, np.float32)
+            if ep.episode_id in d:
+                col[ep.image_steps] = np.asarray(d[ep.episode_id], np.float32)
+            cols[ANNOTATION_PREFIX + n] = pa.array(col, pa.float32())
+        ppath = root / DATA_PATH.format(episode_chunk=i // chunks_size, episode_index=i)
+        ppath.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ppath.with_name(ppath.name + ".tmp")
+        pq.write_table(pa.table(cols), tmp)
+        os.replace(tmp, ppath)
+        if ep.image_steps.size:
+            vpath = root / VIDEO_PATH.format(episode_chunk=i // chunks_size, episode_index=i)
+            vpath.parent.mkdir(parents=True, exist_ok=True)
+            encode_video(vpath, ep.images, fps)
+            image_shape = list(ep.images.shape[1:])
+            imaged_total += int(ep.image_steps.size)
+        ep_rows.append(
+            {
+                "episode_index": i,
+                "tasks": [task],
+                "length": t,
+                "dataset_from_index": offset,
+                "dataset_to_index": offset + t,
+                "robot_type": "g1",
+                "instruction": ep.prompt,
+                "recap_episode_id": ep.episode_id,
+                "success": bool(ep.success),
+                "tags": ep.tags,
+            }
+        )
+        ep_stats.append({"episode_index": i, "stats": {STATE_KEY: _stats(ep.states), ACTION_KEY: _stats(ep.actions)}})
+        offset += t
+    states = np.concatenate([e.states for e in eps])
+    actions = np.concatenate([e.actions for e in eps])
+    stats = {STATE_KEY: _stats(states), ACTION_KEY: _stats(actions)}
+    meta = root / "meta"
+    jl = lambda rows: ("".join(json.dumps(r) + "\n" for r in rows)).encode()
+    atomic_write_bytes(meta / "episodes.jsonl", jl(ep_rows))
+    atomic_write_bytes(
+        meta / "tasks.jsonl",
+        jl({"task_index": k, "task": p, "category": "pick", "description": p} for p, k in tasks.items()),
+    )
+    atomic_write_bytes(meta / "episodes_stats.jsonl", jl(ep_stats))
+    for name in ("stats.json", STATS_FILE):
+        atomic_write_bytes(meta / name, json.dumps(stats).encode())
+    f32 = lambda *shape: {"dtype": "float32", "shape": list(shape)}
+    features = {
+        IMAGE_KEY: {
+            "dtype": "video",
+            "shape": image_shape or [0, 0, 3],
+            "names": ["height", "width", "channel"],
+            "video_info": {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"},
+        },
+        STATE_KEY: f32(STATE_DIM),
+        ACTION_KEY: f32(ACTION_DIM),
+        "timestamp": f32(1),
+        "frame_index": {"dtype": "int64", "shape": [1]},
+        "episode_index": {"dtype": "int64", "shape": [1]},
+        "index": {"dtype": "int64", "shape": [1]},
+        "task_index": {"dtype": "int64", "shape": [1]},
+        "next.done": {"dtype": "bool", "shape": [1]},
+        "recap.success": {"dtype": "bool", "shape": [1]},
+        VIDEO_FRAME_KEY: {"dtype": "int64", "shape": [1]},
+        **{ANNOTATION_PREFIX + n: f32(1) for n in ann_names},
+    }
+    n_steps = int(offset)
+    info = {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": "g1",
+        "total_episodes": len(eps),
+        "total_frames": n_steps,
+        "total_tasks": len(tasks),
+        "total_videos": sum(1 for e in eps if e.image_steps.size),
+        "total_chunks": (len(eps) - 1) // chunks_size + 1,
+        "chunks_size": chunks_size,
+        "fps": fps,
+        "splits": {"train": f"0:{len(eps)}"},
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH,
+        "features": features,
+        "recap_jax": {
+            "extra_features": ["recap.success", VIDEO_FRAME_KEY, *[ANNOTATION_PREFIX + n for n in ann_names]],
+            "annotations": ann_names,
+            "absent_fields": [
+                "observation.hand_joints",
+                "observation.arm_joints",
+                "observation.leg_joints",
+                "observation.prev_torso_rpy",
+                "observation.prev_height",
+                "environment_config",
+            ],
+            "video_frames": (
+                f"only the store's imaged steps ({imaged_total} of {n_steps} rows), at the store's image size; "
+                f"{VIDEO_FRAME_KEY} maps each row to its mp4 frame (-1: no image)"
+            ),
+            "annotation_fill": "annotation columns are NaN on rows without an image",
+        },
+    }
+    atomic_write_bytes(meta / "info.json", json.dumps(info, indent=2).encode())
+    return root
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -280,7 +494,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     pi.add_argument("store_dir")
     pi.add_argument("--image-size", type=int, nargs=2, default=(96, 160))
     pi.add_argument("--every", type=int, default=1)
+    pe = sub.add_parser("export", help="EpisodeStore → LeRobot v2.1 dataset")
+    pe.add_argument("store_dir")
+    pe.add_argument("root")
+    pe.add_argument("--fps", type=int, default=50)
     a = p.parse_args(argv)
+    if a.cmd == "export":
+        print(f"exported {a.store_dir} to {export_lerobot(a.store_dir, a.root, fps=a.fps)}")
     if a.cmd == "import":
         store = import_lerobot(a.root, a.store_dir, image_size=tuple(a.image_size), every=a.every)
         print(f"imported {len(store)} episodes into {a.store_dir}")
