@@ -173,3 +173,18 @@ def test_export_import_round_trip(tmp_path, imported):
         got = back.read_annotation(name)
         for eid, v in want.items():
             np.testing.assert_array_equal(got[eid], v)
+
+
+def test_cli_and_sft_import(tmp_path, capsys):
+    lerobot.main(["import", str(SAMPLE), str(tmp_path / "s"), "--image-size", "24", "40", "--every", "2"])
+    lerobot.main(["export", str(tmp_path / "s"), str(tmp_path / "ds")])
+    assert EpisodeStore(tmp_path / "s").load([1])[0].images.shape == (26, 24, 40, 3)
+    assert json.loads((tmp_path / "ds/meta/info.json").read_text())["total_frames"] == 89
+
+    from experiments import common, sft
+
+    cfg = common.load_or_init_config(tmp_path / "run", "smoke", None)
+    out = sft.import_demos(cfg, tmp_path / "run", str(SAMPLE))
+    assert out["demos"] == 2
+    ep = EpisodeStore(tmp_path / "run" / "demos" / "store").load([0])[0]
+    assert ep.images.shape[1:3] == tuple(cfg.env.image_size)
