@@ -263,6 +263,21 @@ def _read_episode(ds: _Dataset, row: dict, image_size: tuple[int, int], every: i
     return ep, annotations
 
 
+def _resume_annotations(ds: _Dataset, row: dict, store: EpisodeStore, eid: int, have: dict) -> None:
+    """An import killed between an episode's shard and its annotations: writes the missing ones."""
+    import pyarrow.parquet as pq
+
+    names = [n for n in ds.info.get("recap_jax", {}).get("annotations", []) if eid not in have.get(n, ())]
+    if not names:
+        return
+    table = pq.read_table(
+        ds.path("data_path", int(row["episode_index"])), columns=[ANNOTATION_PREFIX + n for n in names]
+    )
+    steps = store.load([eid])[0].image_steps
+    for n in names:
+        store.write_annotation(n, {eid: table.column(ANNOTATION_PREFIX + n).to_numpy()[steps]})
+
+
 def import_lerobot(
     root: str | os.PathLike, store_dir: str | os.PathLike, *, image_size: Sequence[int] = (96, 160), every: int = 1
 ) -> EpisodeStore:
@@ -285,8 +300,11 @@ def import_lerobot(
     ds = _Dataset(root)
     store = EpisodeStore(store_dir, create=True)
     done = set(store.episode_ids())
+    have = {n: set(store.read_annotation(n)) for n in store.annotation_names()}
     for row in ds.episodes:
-        if int(row.get("recap_episode_id", row["episode_index"])) in done:
+        eid = int(row.get("recap_episode_id", row["episode_index"]))
+        if eid in done:
+            _resume_annotations(ds, row, store, eid, have)
             continue
         ep, annotations = _read_episode(ds, row, image_size, int(every))
         store.append(ep)
