@@ -126,10 +126,26 @@ def train_sft(cfg: StudyConfig, out: Path) -> dict:
     }
 
 
-def run(cfg: StudyConfig, out: Path) -> dict:
-    demos = common.run_stage(
-        out, "demos", {"env": cfg.env, "demos": cfg.demos, "seed": cfg.seed}, lambda: collect_demos(cfg, out)
-    )
+def import_demos(cfg: StudyConfig, out: Path, root: str) -> dict:
+    """Imports a LeRobot v2.1 dataset (SIMPLE layout) as ``DIR/demos/store`` at the env's image size."""
+    from recap_jax.data import lerobot
+
+    store = lerobot.import_lerobot(root, Path(out) / "demos" / "store", image_size=tuple(cfg.env.image_size))
+    return {"demos": len(store), "source": str(root), "note": "LeRobot v2.1 demos"}
+
+
+def run(cfg: StudyConfig, out: Path, demos_lerobot: str | None = None) -> dict:
+    if demos_lerobot:
+        demos = common.run_stage(
+            out,
+            "demos",
+            {"env": cfg.env, "demos_lerobot": str(demos_lerobot), "seed": cfg.seed},
+            lambda: import_demos(cfg, out, demos_lerobot),
+        )
+    else:
+        demos = common.run_stage(
+            out, "demos", {"env": cfg.env, "demos": cfg.demos, "seed": cfg.seed}, lambda: collect_demos(cfg, out)
+        )
     sft = common.run_stage(
         out,
         "sft",
@@ -140,7 +156,18 @@ def run(cfg: StudyConfig, out: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    common.stage_main(run, "Expert demos + flow-matching SFT (stage 1 of the RECAP-Ψ study).", argv)
+    """``--demos-lerobot PATH`` (optional): SFT on a LeRobot v2.1 dataset instead of expert demos."""
+    import argparse
+    import sys
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--demos-lerobot", default=None)
+    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    common.stage_main(
+        lambda cfg, out: run(cfg, out, known.demos_lerobot),
+        "Expert demos (or --demos-lerobot PATH: a LeRobot v2.1 dataset) + flow-matching SFT (stage 1).",
+        rest,
+    )
 
 
 if __name__ == "__main__":

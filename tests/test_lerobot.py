@@ -1,0 +1,196 @@
+"""LeRobot v2.1 (SIMPLE layout) import: bit-exact states/actions/prompts, images, resumption, bad input."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recap_jax.data import lerobot
+from recap_jax.data.loader import LoaderConfig, WindowLoader
+from recap_jax.data.store import EpisodeStore
+
+SAMPLE = Path(__file__).parent / "data" / "lerobot_simple_sample"
+SIZE = (96, 160)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    store_dir = tmp_path_factory.mktemp("store")
+    store = lerobot.import_lerobot(SAMPLE, store_dir, image_size=SIZE, every=1)
+    return store_dir, store
+
+
+def test_import_matches_source(imported):
+    store_dir, store = imported
+    exp = np.load(SAMPLE / "lerobot_simple_sample_expected.npz")
+    eps = store.load()
+    assert [e.n_steps for e in eps] == exp["lengths"].tolist()
+    np.testing.assert_array_equal(np.concatenate([e.states for e in eps]), exp["states"])
+    np.testing.assert_array_equal(np.concatenate([e.actions for e in eps]), exp["actions"])
+    assert [e.prompt for e in eps] == ["Bend to pick up the Cracker Box", "bend to pick up the mustard bottle"]
+    stats = lerobot.read_psi0_stats(store_dir / lerobot.STATS_FILE)
+    src = json.loads((SAMPLE / "meta" / "stats_psi0.json").read_text())
+    np.testing.assert_array_equal(stats["action"]["q99"], np.asarray(src["action"]["q99"], np.float32))
+
+    loader = WindowLoader(
+        store, LoaderConfig(batch_size=8, max_prompt_len=64), process_index=0, process_count=1, prefetch=0
+    )
+    frames = {
+        e.episode_id: lerobot.resize_frames(
+            lerobot.decode_video(SAMPLE / f"videos/chunk-000/egocentric/episode_{e.episode_id:06d}.mp4"), SIZE
+        )
+        for e in eps
+    }
+    batch = loader.host_batch(0, 0)
+    idx = loader.window_indices(0, 0)
+    for row, w in enumerate(idx):
+        ep = loader.episodes[loader._ep_index[w]]
+        t = int(batch["t"][row])
+        np.testing.assert_array_equal(batch["state"][row], ep.states[t])
+        src_ep = exp["states"][int(exp["lengths"][: ep.episode_id].sum()) + t]
+        np.testing.assert_array_equal(batch["state"][row], src_ep)
+        n = min(30, ep.n_steps - t)
+        np.testing.assert_array_equal(batch["actions"][row, :n], ep.actions[t : t + n])
+        ids, _ = loader._tokens(ep.prompt)
+        np.testing.assert_array_equal(batch["prompt_ids"][row], ids)
+        diff = np.abs(batch["image"][row].astype(np.float32) - frames[ep.episode_id][t].astype(np.float32))
+        assert diff.mean() <= 3.0
+
+
+def test_every_and_resume(tmp_path):
+    store_dir = tmp_path / "s"
+    # an interrupted import: episode 0 only is in the store and no stats file yet
+    full = lerobot._Dataset(SAMPLE)
+    store = EpisodeStore(store_dir, create=True)
+    store.append(lerobot._read_episode(full, full.episodes[0], (24, 40), 4)[0])
+    assert not (store_dir / lerobot.STATS_FILE).exists()
+    store = lerobot.import_lerobot(SAMPLE, store_dir, image_size=(24, 40), every=4)
+    assert store.episode_ids() == [0, 1]
+    ep1 = store.load([1])[0]
+    np.testing.assert_array_equal(ep1.image_steps, np.arange(0, 52, 4))
+    assert ep1.images.shape == (13, 24, 40, 3)
+    assert ep1.states.shape == (52, 32)
+    assert (store_dir / lerobot.STATS_FILE).exists()
+
+
+def _copy(tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE, root)
+    return root
+
+
+def _edit_json(path, fn):
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+def test_bad_version(tmp_path):
+    for v in ("v2.0", "v3.0"):
+        root = _copy(tmp_path / v)
+        _edit_json(root / "meta/info.json", lambda d, v=v: d.update(codebase_version=v))
+        with pytest.raises(ValueError, match=r"info.json.*codebase_version.*v2\.1"):
+            lerobot.import_lerobot(root, tmp_path / v / "s")
+
+
+def test_missing_meta(tmp_path):
+    root = _copy(tmp_path)
+    (root / "meta/tasks.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"tasks.jsonl: missing meta file"):
+        lerobot.import_lerobot(root, tmp_path / "s")
+
+
+def test_wrong_feature_shape(tmp_path):
+    root = _copy(tmp_path)
+    _edit_json(root / "meta/info.json", lambda d: d["features"]["states"].update(shape=[31]))
+    with pytest.raises(ValueError, match=r"info.json: feature 'states' has shape"):
+        lerobot.import_lerobot(root, tmp_path / "s")
+
+
+def test_rows_disagree_with_episodes(tmp_path):
+    root = _copy(tmp_path)
+    lines = (root / "meta/episodes.jsonl").read_text().splitlines()
+    row = json.loads(lines[1])
+    row["length"] = 50
+    lines[1] = json.dumps(row)
+    (root / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
+    store_dir = tmp_path / "s"
+    with pytest.raises(ValueError, match=r"episode_000001.parquet: has 52 rows.*length says 50"):
+        lerobot.import_lerobot(root, store_dir)
+    # episode 0 is whole in the store, episode 1 absent, and the import is not marked complete
+    assert EpisodeStore(store_dir).episode_ids() == [0]
+    assert not (store_dir / lerobot.STATS_FILE).exists()
+
+
+def test_unreadable_video(tmp_path):
+    root = _copy(tmp_path)
+    (root / "videos/chunk-000/egocentric/episode_000000.mp4").write_bytes(b"not a video")
+    with pytest.raises(ValueError, match=r"episode_000000.mp4: video for observation.images.egocentric unreadable"):
+        lerobot.import_lerobot(root, tmp_path / "s")
+
+
+def test_export_import_round_trip(tmp_path, imported):
+    _, src = imported
+    store_dir = tmp_path / "src"
+    store = EpisodeStore(store_dir, create=True)
+    eps = []
+    for e in src.load():
+        keep = np.arange(0, e.n_steps, 3, dtype=np.int32)
+        eps.append(
+            dataclasses.replace(
+                e,
+                episode_id=e.episode_id + 10,
+                image_steps=keep,
+                images=e.images[keep],
+                success=e.episode_id == 1,
+                tags={"kind": "rollout", "iteration": 2},
+            )
+        )
+    store.append(eps)
+    rng = np.random.default_rng(0)
+    labels = {e.episode_id: rng.integers(-1, 2, e.image_steps.size).astype(np.int8) for e in eps}
+    returns = {e.episode_id: rng.normal(size=e.image_steps.size).astype(np.float32) for e in eps}
+    store.write_annotation("label", labels)
+    store.write_annotation("return", returns)
+    root = lerobot.export_lerobot(store_dir, tmp_path / "ds", fps=50)
+    info = json.loads((root / "meta/info.json").read_text())
+    assert "observation.leg_joints" in info["recap_jax"]["absent_fields"]
+    assert "recap.annotation.label" in info["features"]
+    stats = lerobot.read_psi0_stats(root / "meta/stats_psi0.json")
+    np.testing.assert_allclose(stats["states"]["mean"], np.concatenate([e.states for e in eps]).mean(0), atol=1e-6)
+    back = lerobot.import_lerobot(root, tmp_path / "back", image_size=SIZE)
+    assert back.episode_ids() == [10, 11]
+    for a, b in zip(eps, back.load(), strict=True):
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.image_steps, b.image_steps)
+        assert a.prompt == b.prompt and a.success == b.success and b.tags["kind"] == "rollout"
+        assert np.abs(a.images.astype(np.float32) - b.images.astype(np.float32)).mean() <= 3.0
+    # an import killed after episode 10's shard, before its annotations: the rerun completes them
+    ds = lerobot._Dataset(root)
+    half = EpisodeStore(tmp_path / "half", create=True)
+    half.append(lerobot._read_episode(ds, ds.episodes[0], SIZE, 1)[0])
+    half = lerobot.import_lerobot(root, tmp_path / "half", image_size=SIZE)
+    for store_back in (back, half):
+        for name, want in (("label", labels), ("return", returns)):
+            got = store_back.read_annotation(name)
+            for eid, v in want.items():
+                np.testing.assert_array_equal(got[eid], v)
+
+
+def test_cli_and_sft_import(tmp_path, capsys):
+    lerobot.main(["import", str(SAMPLE), str(tmp_path / "s"), "--image-size", "24", "40", "--every", "2"])
+    lerobot.main(["export", str(tmp_path / "s"), str(tmp_path / "ds")])
+    assert EpisodeStore(tmp_path / "s").load([1])[0].images.shape == (26, 24, 40, 3)
+    assert json.loads((tmp_path / "ds/meta/info.json").read_text())["total_frames"] == 89
+
+    from experiments import common, sft
+
+    cfg = common.load_or_init_config(tmp_path / "run", "smoke", None)
+    out = sft.import_demos(cfg, tmp_path / "run", str(SAMPLE))
+    assert out["demos"] == 2
+    ep = EpisodeStore(tmp_path / "run" / "demos" / "store").load([0])[0]
+    assert ep.images.shape[1:3] == tuple(cfg.env.image_size)
