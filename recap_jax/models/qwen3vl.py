@@ -1,0 +1,376 @@
+"""Qwen3-VL (Ψ0's System-2) image path: transformers' Qwen2VLImageProcessor and Ψ0's two-stage resize.
+
+`preprocess_image(image)` reproduces transformers 5's torchvision-backed (uint8 antialiased bicubic resize)
+`Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2,
+merge_size=2, image_mean=0.5, image_std=0.5, size={shortest_edge: 65536, longest_edge: 16777216})`;
+`psi0_image(frame)` is Ψ0's first stage (nearest 360×640 → 180×320, then qwen_vl_utils' smart resize to
+multiples of 32 with PIL bicubic). `preprocess_image(psi0_image(frame))` is what Ψ0 feeds the VLM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+PATCH = 16
+TEMPORAL_PATCH = 2
+MERGE = 2
+MIN_PIXELS = 65536
+MAX_PIXELS = 16777216
+# qwen_vl_utils' image bounds for image_patch_size=16 (factor 32): 4·32² … 16384·32².
+QVU_MIN_PIXELS = 4 * 32 * 32
+QVU_MAX_PIXELS = 16384 * 32 * 32
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(h, w) rounded to multiples of `factor` with h·w in [min_pixels, max_pixels], aspect kept."""
+    if min(height, width) <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {height}x{width}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    return image
+
+
+def _bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+
+
+def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _aa_weights(in_size: int, out_size: int) -> np.ndarray:
+    """float64 [out, in]: antialiased bicubic weights quantised to int16 fixed point as torch does."""
+    scale = in_size / out_size
+    widen = max(scale, 1.0)
+    support = 2.0 * widen
+    w = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        taps = _cubic((np.arange(lo, hi) - centre + 0.5) / widen)
+        w[i, lo:hi] = taps / taps.sum()
+    w_max = w.max()
+    bits = 0
+    while bits < 22 and int(0.5 + w_max * (1 << (bits + 1))) < (1 << 15):
+        bits += 1
+    return np.trunc(w * (1 << bits) + np.where(w >= 0, 0.5, -0.5)) / (1 << bits)
+
+
+def _torch_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3] → uint8 [height, width, 3] as torchvision's uint8 resize (bicubic, antialias):
+    a width pass then a height pass, each with int16 fixed-point weights and rounding to uint8."""
+    x = image.astype(np.float64)
+    if x.shape[1] != width:
+        x = np.einsum("oi,hic->hoc", _aa_weights(x.shape[1], width), x)
+        x = np.clip(np.floor(x + 0.5), 0, 255)
+    if x.shape[0] != height:
+        x = np.einsum("oi,iwc->owc", _aa_weights(x.shape[0], height), x)
+        x = np.clip(np.floor(x + 0.5), 0, 255)
+    return x.astype(np.uint8)
+
+
+def preprocess_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [H, W, 3] → (pixel_values float32 [P, 1536], grid_thw int64 [3]) in Hugging Face's layout.
+
+    P = grid_t·grid_h·grid_w patches of 3·2·16·16 values (channel, temporal, row, column), ordered
+    by 2×2 merge window as the processor orders them.
+    """
+    image = _check_image(image)
+    h, w = smart_resize(image.shape[0], image.shape[1], PATCH * MERGE, MIN_PIXELS, MAX_PIXELS)
+    x = _torch_bicubic(image, h, w).astype(np.float32) / 255.0
+    x = (x - 0.5) / 0.5
+    x = np.transpose(x, (2, 0, 1))[None]  # [1, C, H, W]
+    x = np.repeat(x, TEMPORAL_PATCH, axis=0)  # the frame duplicated over the temporal patch
+    gt, gh, gw = 1, h // PATCH, w // PATCH
+    x = x.reshape(gt, TEMPORAL_PATCH, 3, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    x = np.transpose(x, (0, 3, 6, 4, 7, 2, 1, 5, 8))
+    pixel_values = x.reshape(gt * gh * gw, 3 * TEMPORAL_PATCH * PATCH * PATCH)
+    return np.ascontiguousarray(pixel_values, np.float32), np.array([gt, gh, gw], np.int64)
+
+
+def _nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """torch's nearest interpolation (torchvision v2.Resize NEAREST): src = floor(dst · in / out)."""
+    rows = np.minimum(np.floor(np.arange(height) * (image.shape[0] / height)).astype(np.int64), image.shape[0] - 1)
+    cols = np.minimum(np.floor(np.arange(width) * (image.shape[1] / width)).astype(np.int64), image.shape[1] - 1)
+    return image[rows][:, cols]
+
+
+def psi0_image(image: np.ndarray) -> np.ndarray:
+    """Ψ0's first image stage: uint8 [H, W, 3] → uint8 [h, w, 3], h and w multiples of 32.
+
+    A 360×640 frame is first resized (nearest) to 180×320; then qwen_vl_utils' smart resize
+    (factor 32, PIL bicubic). A 180×320 frame becomes 192×320.
+    """
+    image = _check_image(image)
+    if image.shape[:2] == (360, 640):
+        image = _nearest(image, 180, 320)
+    h, w = smart_resize(image.shape[0], image.shape[1], 32, QVU_MIN_PIXELS, QVU_MAX_PIXELS)
+    return _bicubic(image, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: vision tower + text decoder, weights as one frozen pytree of Hugging Face key names.
+# ---------------------------------------------------------------------------------------------
+
+
+class Qwen3VL(nnx.Module):
+    """Qwen3-VL weights (frozen): `params` maps Hugging Face key names to arrays; `config` is config.json."""
+
+    def __init__(self, config: dict, params: dict):
+        self.config = config
+        self.params = nnx.Variable(params)
+
+
+def _read_config(path: Path) -> dict:
+    cfg = json.loads((path / "config.json").read_text())
+    text = cfg["text_config"]
+    rope = text.get("rope_parameters") or dict(text.get("rope_scaling") or {})
+    if "rope_theta" not in rope:
+        if "rope_theta" not in text:
+            raise ValueError(f"{path / 'config.json'}: text_config has neither rope_parameters nor rope_theta")
+        rope["rope_theta"] = text["rope_theta"]
+    text["rope_parameters"] = rope
+    return cfg
+
+
+def load_pretrained(path, dtype: str = "float32"):
+    """Hugging Face model directory → (Qwen3VL, config dict); tensors cast to `dtype`."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    cfg = _read_config(path)
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise ValueError(f"{path}: no model*.safetensors")
+    params = {}
+    for f in files:
+        for k, v in load_file(str(f)).items():
+            params[k] = jnp.asarray(v, dtype)
+    if "model.language_model.embed_tokens.weight" not in params:
+        raise ValueError(f"{files[0]}: missing key model.language_model.embed_tokens.weight")
+    return Qwen3VL(cfg, params), cfg
+
+
+def _ln(x, w, b, eps=1e-6):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / jnp.sqrt(v + eps) * w + b
+
+
+def _rms(x, w, eps):
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt((x32**2).mean(-1, keepdims=True) + eps)).astype(x.dtype) * w
+
+
+def _lin(p, name, x, bias=True):
+    y = x @ p[name + ".weight"].T
+    return y + p[name + ".bias"] if bias else y
+
+
+def _rot_half(x):
+    h = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., h:], x[..., :h]], -1)
+
+
+def _vision_tables(grid_thw, side, merge, head_dim, theta):
+    """numpy: interpolation indices/weights [P, 4], rotary (cos, sin) [P, head_dim], segment ids [P]."""
+    idx_all, w_all, pos_all, seg_all = [], [], [], []
+    inv = 1.0 / (theta ** (np.arange(0, head_dim // 2, 2, dtype=np.float32) / (head_dim // 2)))
+    seg = 0
+    for t, h, w in np.asarray(grid_thw).tolist():
+        hs = np.linspace(0, side - 1, h)
+        ws = np.linspace(0, side - 1, w)
+        h0, w0 = np.floor(hs).astype(int), np.floor(ws).astype(int)
+        h1, w1 = np.minimum(h0 + 1, side - 1), np.minimum(w0 + 1, side - 1)
+        dh, dw = hs - h0, ws - w0
+        idx = np.stack(
+            [
+                (h0[:, None] * side + w0[None]),
+                (h0[:, None] * side + w1[None]),
+                (h1[:, None] * side + w0[None]),
+                (h1[:, None] * side + w1[None]),
+            ],
+            -1,
+        )
+        wt = np.stack(
+            [
+                (1 - dh)[:, None] * (1 - dw)[None],
+                (1 - dh)[:, None] * dw[None],
+                dh[:, None] * (1 - dw)[None],
+                dh[:, None] * dw[None],
+            ],
+            -1,
+        )
+        rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
+        cols = np.broadcast_to(np.arange(w)[None], (h, w))
+
+        def order(a, h=h, w=w, t=t):
+            a = a.reshape(h // merge, merge, w // merge, merge, *a.shape[2:])
+            a = np.swapaxes(a, 1, 2).reshape(h * w, *a.shape[4:])
+            return np.tile(a, (t,) + (1,) * (a.ndim - 1))
+
+        idx_all.append(order(idx))
+        w_all.append(order(wt))
+        rc = np.stack([order(rows), order(cols)], -1).astype(np.float32)
+        pos_all.append(rc)
+        for _ in range(t):
+            seg_all.append(np.full(h * w, seg))
+            seg += 1
+    rc = np.concatenate(pos_all)
+    freqs = np.concatenate([rc[:, :1] * inv, rc[:, 1:] * inv], -1)
+    emb = np.concatenate([freqs, freqs], -1)
+    return (
+        np.concatenate(idx_all),
+        np.concatenate(w_all).astype(np.float32),
+        np.cos(emb),
+        np.sin(emb),
+        np.concatenate(seg_all),
+    )
+
+
+def _vision(p, vc, pixel_values, grid_thw):
+    pre = "model.visual."
+    n = pixel_values.shape[0]
+    hd = vc["hidden_size"] // vc["num_heads"]
+    side = int(vc["num_position_embeddings"] ** 0.5)
+    idx, wts, cos, sin, seg = _vision_tables(grid_thw, side, vc["spatial_merge_size"], hd, 10000.0)
+    wpe = p[pre + "patch_embed.proj.weight"].reshape(vc["hidden_size"], -1)
+    x = pixel_values.astype(wpe.dtype) @ wpe.T + p[pre + "patch_embed.proj.bias"]
+    x = x + (p[pre + "pos_embed.weight"][idx] * wts[..., None]).sum(1).astype(x.dtype)
+    mask = seg[:, None] == seg[None]
+    nh = vc["num_heads"]
+    feats = []
+    for i in range(vc["depth"]):
+        b = f"{pre}blocks.{i}."
+        hN = _ln(x, p[b + "norm1.weight"], p[b + "norm1.bias"])
+        qkv = _lin(p, b + "attn.qkv", hN).reshape(n, 3, nh, hd)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        q = q * cos[:, None] + _rot_half(q) * sin[:, None]
+        k = k * cos[:, None] + _rot_half(k) * sin[:, None]
+        s = jnp.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        s = jnp.where(mask[None], s, -jnp.inf)
+        a = jnp.einsum("hqk,khd->qhd", jax.nn.softmax(s.astype(jnp.float32), -1).astype(v.dtype), v)
+        x = x + _lin(p, b + "attn.proj", a.reshape(n, -1))
+        hN = _ln(x, p[b + "norm2.weight"], p[b + "norm2.bias"])
+        x = x + _lin(p, b + "mlp.linear_fc2", jax.nn.gelu(_lin(p, b + "mlp.linear_fc1", hN), approximate=True))
+        if i in vc["deepstack_visual_indexes"]:
+            m = f"{pre}deepstack_merger_list.{vc['deepstack_visual_indexes'].index(i)}."
+            y = x.reshape(n // 4, -1)
+            y = _ln(y, p[m + "norm.weight"], p[m + "norm.bias"])
+            feats.append(_lin(p, m + "linear_fc2", jax.nn.gelu(_lin(p, m + "linear_fc1", y), approximate=False)))
+    m = pre + "merger."
+    y = _ln(x, p[m + "norm.weight"], p[m + "norm.bias"]).reshape(n // 4, -1)
+    return _lin(p, m + "linear_fc2", jax.nn.gelu(_lin(p, m + "linear_fc1", y), approximate=False)), feats
+
+
+def _rope_index(input_ids, attention_mask, grid_thw, image_token, merge):
+    """numpy [3, B, L] M-RoPE positions (t, h, w) as transformers' get_rope_index for images."""
+    B, L = input_ids.shape
+    pos = np.ones((3, B, L), np.int64)
+    grids = np.asarray(grid_thw).tolist()
+    gi = 0
+    for b in range(B):
+        keep = np.nonzero(attention_mask[b])[0]
+        ids = input_ids[b, keep]
+        out, cur, i = [], 0, 0
+        while i < len(ids):
+            if ids[i] == image_token:
+                t, h, w = grids[gi]
+                gi += 1
+                h, w = h // merge, w // merge
+                tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+                out.append(np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + cur)
+                cur = out[-1].max() + 1
+                i += t * h * w
+            else:
+                out.append(np.full((3, 1), cur))
+                cur += 1
+                i += 1
+        pos[:, b, keep] = np.concatenate(out, 1)
+    return pos
+
+
+def forward(model: Qwen3VL, input_ids, attention_mask, pixel_values, image_grid_thw) -> dict:
+    """Text decoder over input ids with the images' tokens placed.
+
+    input_ids int [B, L], attention_mask [B, L] (1 = token), pixel_values [P, 1536], image_grid_thw [N, 3]
+    → {"last_layer": [B, L, D] before the final RMSNorm, "last_hidden_state": [B, L, D] after it}.
+    """
+    cfg, p = model.config, model.params.value
+    tc, vc = cfg["text_config"], cfg["vision_config"]
+    input_ids = np.asarray(input_ids)
+    attention_mask = np.asarray(attention_mask)
+    B, L = input_ids.shape
+    x = p["model.language_model.embed_tokens.weight"][input_ids]
+    img, feats = _vision(p, vc, jnp.asarray(pixel_values), image_grid_thw)
+    is_img = input_ids == cfg["image_token_id"]
+    if int(is_img.sum()) != img.shape[0]:
+        raise ValueError(f"{int(is_img.sum())} image tokens but {img.shape[0]} visual features")
+    flat = np.nonzero(is_img.reshape(-1))[0]
+    x = x.reshape(B * L, -1).at[flat].set(img.astype(x.dtype)).reshape(B, L, -1)
+    pos = _rope_index(input_ids, attention_mask, image_grid_thw, cfg["image_token_id"], vc["spatial_merge_size"])
+    hd = tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
+    rope = tc["rope_parameters"]
+    inv = 1.0 / (rope["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float32) / hd))
+    f = pos[..., None].astype(np.float32) * inv  # [3, B, L, hd/2]
+    sec = rope.get("mrope_section", [24, 20, 20])
+    ft = f[0].copy()
+    for d, off in ((1, 1), (2, 2)):
+        sl = slice(off, sec[d] * 3, 3)
+        ft[..., sl] = f[d][..., sl]
+    emb = np.concatenate([ft, ft], -1)
+    cos, sin = jnp.asarray(np.cos(emb))[:, :, None], jnp.asarray(np.sin(emb))[:, :, None]
+    causal = np.tril(np.ones((L, L), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    nh, nkv, eps = tc["num_attention_heads"], tc["num_key_value_heads"], tc["rms_norm_eps"]
+    for i in range(tc["num_hidden_layers"]):
+        b = f"model.language_model.layers.{i}."
+        h = _rms(x, p[b + "input_layernorm.weight"], eps)
+        q = _rms(_lin(p, b + "self_attn.q_proj", h, False).reshape(B, L, nh, hd), p[b + "self_attn.q_norm.weight"], eps)
+        k = _rms(
+            _lin(p, b + "self_attn.k_proj", h, False).reshape(B, L, nkv, hd), p[b + "self_attn.k_norm.weight"], eps
+        )
+        v = _lin(p, b + "self_attn.v_proj", h, False).reshape(B, L, nkv, hd)
+        q = q * cos + _rot_half(q) * sin
+        k = k * cos + _rot_half(k) * sin
+        k, v = jnp.repeat(k, nh // nkv, 2), jnp.repeat(v, nh // nkv, 2)
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(hd)
+        s = jnp.where(causal[:, None], s, -1e30)
+        a = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s.astype(jnp.float32), -1).astype(v.dtype), v)
+        x = x + _lin(p, b + "self_attn.o_proj", a.reshape(B, L, -1), False)
+        h = _rms(x, p[b + "post_attention_layernorm.weight"], eps)
+        g = jax.nn.silu(_lin(p, b + "mlp.gate_proj", h, False)) * _lin(p, b + "mlp.up_proj", h, False)
+        x = x + _lin(p, b + "mlp.down_proj", g, False)
+        if i < len(feats):
+            x = x.reshape(B * L, -1).at[flat].add(feats[i].astype(x.dtype)).reshape(B, L, -1)
+    return {"last_layer": x, "last_hidden_state": _rms(x, p["model.language_model.norm.weight"], eps)}
