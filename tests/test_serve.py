@@ -78,15 +78,28 @@ def test_golden_requests_health_sessions(url):
     np.testing.assert_array_equal(server.sessions[sid]["prefix"], pre)
     assert not np.array_equal(server.sessions["other"]["prefix"], pre)
     st, out2 = post(base + "/act", later)
-    assert st == 200
+    assert st == 200 and codec.decode_array(out2["action"], "a").shape == (24, 36)
     assert server.sessions[sid]["t0"] == 0
     # replay with reset: same actions (determinism from seed, episode, step) and the prefix is cleared
     st, out3 = post(base + "/act", first)
     np.testing.assert_array_equal(codec.decode_array(out3["action"], "a"), a)
+    np.testing.assert_array_equal(server.sessions[sid]["prefix"], pre)  # reset dropped the later chunk's prefix
     # stateless request (no session id)
     req = parse_request(first)
     st, out4 = post(base + "/act", build_request(req.image, req.state, "Bend"))
-    assert st == 200
+    assert st == 200 and codec.decode_array(out4["action"], "a").shape == (24, 36)
+
+
+def test_concurrent_clients_batched(url):
+    base, _ = url
+    body = _body("request_later.json")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(post(base + "/act", body)[0])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 4
 
 
 @pytest.mark.parametrize(
