@@ -1,0 +1,128 @@
+"""The SIMPLE-protocol server, started for real with uvicorn on 127.0.0.1 (random free port)."""
+
+import copy
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from recap_jax import policy
+from recap_jax.serve import codec
+from recap_jax.serve.client import build_request, post
+from recap_jax.serve.server import SimpleServer, build_app, parse_request
+
+DATA = Path(__file__).parent / "data" / "simple_wire"
+
+
+def _tiny_params():
+    cfg = policy.PolicyConfig(image_size=(32, 32))
+    return policy.init_policy(cfg, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def url():
+    import uvicorn
+
+    server = SimpleServer(_tiny_params(), advantage="high", max_batch=2, max_wait_ms=2.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(build_app(server), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=uv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not uv.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", server
+    uv.should_exit = True
+    th.join(10)
+
+
+def _body(name):
+    return json.loads((DATA / name).read_text())
+
+
+def test_codec_roundtrip_and_golden_response():
+    resp = _body("response.json")
+    a = codec.decode_array(resp["action"], "action")
+    assert a.dtype == np.float32 and a.shape == (24, 36)
+    assert codec.encode_array(a) == resp["action"]
+    assert codec.encode_array(np.zeros((1, 1, 3), np.uint8)) == resp["traj_image"]
+
+
+def test_golden_requests_health_sessions(url):
+    base, server = url
+    import urllib.request
+
+    with urllib.request.urlopen(base + "/health", timeout=10) as r:
+        assert json.loads(r.read()) == {"status": "ok"}
+    first, later = _body("request_first.json"), _body("request_later.json")
+    st, out = post(base + "/act", first)
+    assert st == 200, out
+    a = codec.decode_array(out["action"], "action")
+    assert a.dtype == np.float32 and a.shape == (24, 36) and np.all(np.isfinite(a))
+    assert out["err"] == 0.0 and codec.decode_array(out["traj_image"], "t").shape == (1, 1, 3)
+    sid = first["history"]["session_id"]
+    pre = server.sessions[sid]["prefix"].copy()
+    # a second interleaved session keeps its own RTC state
+    other = copy.deepcopy(first)
+    other["history"]["session_id"] = "other"
+    other["history"]["episode_index"] = 9
+    assert post(base + "/act", other)[0] == 200
+    np.testing.assert_array_equal(server.sessions[sid]["prefix"], pre)
+    assert not np.array_equal(server.sessions["other"]["prefix"], pre)
+    st, out2 = post(base + "/act", later)
+    assert st == 200 and codec.decode_array(out2["action"], "a").shape == (24, 36)
+    assert server.sessions[sid]["t0"] == 0
+    # replay with reset: same actions (determinism from seed, episode, step) and the prefix is cleared
+    st, out3 = post(base + "/act", first)
+    np.testing.assert_array_equal(codec.decode_array(out3["action"], "a"), a)
+    np.testing.assert_array_equal(server.sessions[sid]["prefix"], pre)  # reset dropped the later chunk's prefix
+    # stateless request (no session id)
+    req = parse_request(first)
+    st, out4 = post(base + "/act", build_request(req.image, req.state, "Bend"))
+    assert st == 200 and codec.decode_array(out4["action"], "a").shape == (24, 36)
+
+
+def test_concurrent_clients_batched(url):
+    base, _ = url
+    body = _body("request_later.json")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(post(base + "/act", body)[0])) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 4
+
+
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda b: b.pop("condition"), "condition"),
+        (lambda b: b["state"]["states"].update(dtype="<f8"), "state.states"),
+        (lambda b: b["state"]["states"].update(shape=[1, 31]), "state.states"),
+        (lambda b: b["image"]["rgb_head_stereo_left"].update(__numpy__="!!notb64"), "image.rgb_head_stereo_left"),
+        (lambda b: b["state"].update(states=codec.encode_array(np.full((1, 32), np.nan, np.float32))), "non-finite"),
+        (lambda b: b["history"].update(step_index="x"), "history.step_index"),
+    ],
+)
+def test_bad_input_400_then_good(url, mutate, field):
+    base, _ = url
+    body = _body("request_later.json")
+    mutate(body)
+    st, out = post(base + "/act", body)
+    assert st == 400 and field in out["error"], out
+    assert post(base + "/act", _body("request_later.json"))[0] == 200
+
+
+def test_malformed_json_400(url):
+    base, _ = url
+    st, out = post(base + "/act", b"{not json")
+    assert st == 400 and "JSON" in out["error"]
