@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from experiments import presets
@@ -27,21 +28,36 @@ def test_cpu_preset_shares_smokes_compiled_programs():
 
 
 def _assert_shares_programs(smoke, cpu):
-    assert (cpu.env, cpu.policy, cpu.value) == (smoke.env, smoke.policy, smoke.value)
-    assert cpu.demos.num_envs == cpu.collect.num_envs == cpu.evaluate.num_envs == smoke.evaluate.num_envs
-    assert (cpu.demos.dart, cpu.demos.expert_noise) == (smoke.demos.dart, smoke.demos.expert_noise)
-    assert cpu.sft.batch_size == cpu.finetune.batch_size == smoke.sft.batch_size
+    # What the compiled programs are keyed by: the env's static config, the policy / value configs the
+    # stages build (glue), and the wave width (num_envs) of every rollout and the training batch shape.
+    from experiments import glue
+
+    assert glue.make_env(cpu).config == glue.make_env(smoke).config
+    for dropout in (0.0, cpu.finetune.indicator_dropout):
+        assert glue.policy_config(cpu, dropout) == glue.policy_config(smoke, dropout)
+    assert glue.value_config(cpu).backbone == glue.value_config(smoke).backbone
+    assert {cpu.demos.num_envs, cpu.collect.num_envs, cpu.evaluate.num_envs} == {smoke.evaluate.num_envs}
+    assert {cpu.sft.batch_size, cpu.finetune.batch_size} == {smoke.sft.batch_size}
+    # Screening has candidates to choose from, each a checkpoint the SFT run actually saves.
     assert cpu.collect.screen_episodes > 0 and len(cpu.sft.candidate_steps) >= 3
+    assert all(0 < s <= cpu.sft.steps for s in cpu.sft.candidate_steps)
 
 
 def test_gpu_preset_is_the_cpu_recipe_at_scale():
-    """gpu runs the recipe that has headroom on CPU, with every wave at one env count (one reset, one expert
-    and one policy program to compile) and enough paired episodes for a ~6-point CI on a difference."""
+    """gpu runs the recipe that has headroom on CPU, with every wave at one env count, and enough paired
+    episodes that a difference of two ~50 % rates has a 95% interval of at most ~±6 points."""
+    from experiments import glue
+    from recap_jax import stats
+
     cpu, gpu = presets.get_preset("cpu"), presets.get_preset("gpu")
-    assert (gpu.env, gpu.policy, gpu.value, gpu.sft) == (cpu.env, cpu.policy, cpu.value, cpu.sft)
-    assert (gpu.demos.dart, gpu.demos.expert_noise, gpu.demos.num_demos) == (True, 0.3, cpu.demos.num_demos)
-    assert gpu.demos.num_envs == gpu.collect.num_envs == gpu.evaluate.num_envs == gpu.collect.screen_episodes
-    assert gpu.collect.episodes >= 500 and gpu.evaluate.episodes >= 500
+    assert glue.policy_config(gpu) == glue.policy_config(cpu) and glue.make_env(gpu).config == glue.make_env(cpu).config
+    assert len({gpu.demos.num_envs, gpu.collect.num_envs, gpu.evaluate.num_envs, gpu.collect.screen_episodes}) == 1
+    n = gpu.evaluate.episodes
+    a = np.arange(n) % 2 == 0  # 50 % vs 50 %, independent pairing (the widest paired case)
+    b = (np.arange(n) // 2) % 2 == 0
+    _, lo, hi = stats.paired_difference_interval(a, b)
+    assert hi - lo <= 0.13
+    assert gpu.collect.episodes >= n
 
 
 def test_paper_preset_matches_paper():

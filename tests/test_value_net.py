@@ -32,7 +32,11 @@ def test_logits_and_values(backbone, inputs):
     chex.assert_tree_all_finite(logits)
     v = value_net.predict_value(params, x, s)
     chex.assert_shape(v, (inputs[0],))
-    assert np.all((np.asarray(v) >= -1.0) & (np.asarray(v) <= 0.0))
+    # V̂ = Σ softmax(logits)·bin centre with 201 centres evenly from −1 to 0, computed here independently.
+    z = np.asarray(logits, np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(v, probs @ np.linspace(-1.0, 0.0, 201), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v, value_math.expected_value(logits), rtol=1e-6)
     assert np.ptp(np.asarray(v)) > 0  # depends on its inputs
 

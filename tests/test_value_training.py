@@ -113,12 +113,20 @@ def test_cross_fit_never_predicts_own_training_episodes():
     feats = data.inputs.reshape(len(data), -1)[:, :64].astype(np.float32) / 255.0
     values, results = vt.cross_fit_values(data.with_inputs(feats), cfg, folds=3)
     assert set(values) == set(range(24))
+    data = data.with_inputs(feats)
     seen = set()
     for res in results:
         trained_on = set(res.train_ids) | set(res.val_ids)
         held = set(range(24)) - trained_on
         assert held and not held & seen
         seen |= held
+        # Every held-out episode's V̂ is the prediction of the one model that never saw it, not of a model
+        # trained on it (in-sample V̂ would match another fold's model, or none).
+        own = vt.predict_values(res.params, data.select(np.array(sorted(held))))
+        others = [vt.predict_values(r.params, data.select(np.array(sorted(held)))) for r in results if r is not res]
+        for eid in held:
+            np.testing.assert_allclose(values[eid], own[eid], atol=1e-6)
+            assert all(np.max(np.abs(values[eid] - o[eid])) > 1e-4 for o in others)
     assert seen == set(range(24))
 
 
