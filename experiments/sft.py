@@ -96,6 +96,19 @@ def save_steps(cfg: StudyConfig) -> tuple[int, int]:
     return every, cfg.sft.steps // every
 
 
+def demo_norm_stats(cfg: StudyConfig, demos: Path):
+    """The SFT policy's ``NormStats``: an imported LeRobot dataset's own ``stats_psi0.json`` (Ψ0's stats,
+    as Ψ0 trains with them), else min–max over the demo store (widened when ``cfg.sft.norm_widen``)."""
+    from recap_jax.data import lerobot
+    from recap_jax.policy import NormStats
+
+    stats_file = Path(demos) / lerobot.STATS_FILE
+    if stats_file.exists():
+        pcfg = glue.policy_config(cfg)
+        return NormStats.from_psi0(lerobot.read_psi0_stats(stats_file), pcfg.state_dim, pcfg.action_dim)
+    return glue.norm_stats(demos, ("demo",), widen=cfg.sft.norm_widen)
+
+
 def train_sft(cfg: StudyConfig, out: Path) -> dict:
     import jax
 
@@ -103,7 +116,7 @@ def train_sft(cfg: StudyConfig, out: Path) -> dict:
 
     demos = Path(out) / "demos" / "store"
     pcfg = glue.policy_config(cfg)
-    norm = glue.norm_stats(demos, ("demo",), widen=cfg.sft.norm_widen)
+    norm = demo_norm_stats(cfg, demos)
     params0 = policy.init_policy(pcfg, jax.random.key(cfg.seed), norm)
     every, _ = save_steps(cfg)
     params, history = glue.train_policy(

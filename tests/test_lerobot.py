@@ -194,3 +194,18 @@ def test_cli_and_sft_import(tmp_path, capsys):
     assert out["demos"] == 2
     ep = EpisodeStore(tmp_path / "run" / "demos" / "store").load([0])[0]
     assert ep.images.shape[1:3] == tuple(cfg.env.image_size)
+
+
+def test_sft_norm_stats_come_from_stats_psi0(tmp_path):
+    """An imported dataset's SFT policy normalises with the dataset's own ``stats_psi0.json`` (Ψ0's
+    stats), not with min–max over the imported store."""
+    from experiments import common, sft
+
+    cfg = common.load_or_init_config(tmp_path / "run", "smoke", None)
+    sft.import_demos(cfg, tmp_path / "run", str(SAMPLE))
+    norm = sft.demo_norm_stats(cfg, tmp_path / "run" / "demos" / "store")
+    want = lerobot.read_psi0_stats(SAMPLE / "meta" / "stats_psi0.json")
+    np.testing.assert_array_equal(np.asarray(norm.state_min), want["states"]["min"])
+    np.testing.assert_array_equal(np.asarray(norm.state_max), want["states"]["max"])
+    np.testing.assert_array_equal(np.asarray(norm.action_min), want["action"]["min"])
+    np.testing.assert_array_equal(np.asarray(norm.action_max), want["action"]["max"])
