@@ -49,6 +49,12 @@ def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
         assert set(row["failures"]) >= {"total", "fell", "timeout"}
     for cmp in saved["comparisons"].values():
         assert {"diff", "diff_ci_low", "diff_ci_high", "z", "p", "mcnemar_p"} <= set(cmp)
+        assert cmp["paired_ci_low"] <= cmp["diff"] <= cmp["paired_ci_high"]  # paired: same 8 eval episodes
+    # RECAP-high and RECAP-low are one checkpoint (same step and params hash) under two prompts.
+    hi, lo = (common.read_json(out / "evaluate" / c / common.MARKER) for c in ("recap_high", "recap_low"))
+    assert (
+        hi["config"]["checkpoint"] == lo["config"]["checkpoint"] and hi["outputs"]["prompt"] != lo["outputs"]["prompt"]
+    )
     assert set(saved["value_function"]) == set(recap_bendpick.train_value.VF_KEYS)
     assert saved["rollouts"]["episodes"] == 8
     assert saved["seconds"]["total"] > 0 and saved["provenance"]["deviations"]
