@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import envs
 from envs.g1.bendpick import describe_physics
-from experiments import common, presets, recap_bendpick, report
+from experiments import common, glue, presets, recap_bendpick, report
+from recap_jax import policy
+from recap_jax.data import EpisodeStore
+from recap_jax.data.loader import LoaderConfig, WindowLoader
 
 
 def ci_config() -> presets.StudyConfig:
@@ -55,6 +59,21 @@ def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
     assert (
         hi["config"]["checkpoint"] == lo["config"]["checkpoint"] and hi["outputs"]["prompt"] != lo["outputs"]["prompt"]
     )
+    # Labels reach RECAP's prompts: the label stage wrote int8 labels for the rollouts' decision points,
+    # about ``positive_fraction`` of them high, and the fine-tuning loader turns each into its prompt.
+    store = EpisodeStore(out / "rollouts")
+    labels = np.concatenate([np.asarray(v) for v in store.read_annotation("label").values()])
+    assert labels.dtype == np.int8 and set(np.unique(labels).tolist()) <= {0, 1}
+    assert abs(labels.mean() - cfg.labels.positive_fraction) <= 0.15, labels.mean()
+    pcfg = glue.policy_config(cfg)
+    lcfg = LoaderConfig(
+        batch_size=8, horizon=pcfg.chunk, seed=0, max_prompt_len=pcfg.prompt_max_len, label_annotation="label"
+    )
+    with WindowLoader(store, lcfg, prefetch=0, process_index=0, process_count=1) as loader:
+        ids = np.concatenate([next(loader)["prompt_ids"] for _ in range(loader.steps_per_epoch)])
+    is_hi, is_lo = ((ids == policy.tokenize(pcfg, [glue.prompt_for(word)])[0]).all(axis=1) for word in ("high", "low"))
+    assert (is_hi | is_lo).all() and is_hi.any() and is_lo.any()
+    assert abs(is_hi.mean() - labels.mean()) <= 0.15, (is_hi.mean(), labels.mean())
     assert set(saved["value_function"]) == set(recap_bendpick.train_value.VF_KEYS)
     assert saved["rollouts"]["episodes"] == 8
     assert saved["seconds"]["total"] > 0 and saved["provenance"]["deviations"]
