@@ -126,3 +126,14 @@ def test_malformed_json_400(url):
     base, _ = url
     st, out = post(base + "/act", b"{not json")
     assert st == 400 and "JSON" in out["error"]
+
+
+def test_episode_clock_and_unknown_session():
+    server = SimpleServer(_tiny_params(), max_batch=1)
+    first, later = parse_request(_body("request_first.json")), parse_request(_body("request_later.json"))
+    assert first.instruction == "bend to pick up the cracker box" and first.reset and not later.reset
+    later.step_index = 124
+    assert int(server._prepare(later)["t"]) == 0  # unknown session without reset: a new one starts here
+    assert int(server._prepare(first)["t"]) == 0
+    later.step_index = 48
+    assert int(server._prepare(later)["t"]) == 48
