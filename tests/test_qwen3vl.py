@@ -70,3 +70,18 @@ def test_4x_rope_config_style(tmp_path):
     _, config = qwen3vl.load_pretrained(tmp_path)
     assert config["text_config"]["rope_parameters"]["rope_theta"] == 5e6
     assert config["text_config"]["rope_parameters"]["mrope_section"] == [2, 3, 3]
+
+
+def test_bf16_compute_close(outputs):
+    io, _ = outputs
+    img = np.load(DIR / "image_io.npz")
+    model, _ = qwen3vl.load_pretrained(DIR / "model", dtype="bfloat16")
+    pv, grid = qwen3vl.preprocess_image(img["image"])
+    out = qwen3vl.forward(
+        model, io["input_ids"], io["attention_mask"], np.concatenate([pv, pv]), np.stack([grid, grid])
+    )
+    assert out["last_layer"].dtype == np.dtype("bfloat16")
+    mask = io["attention_mask"].astype(bool)
+    want = io["last_layer_pre_norm"]
+    err = np.abs(np.asarray(out["last_layer"], np.float32) - want)[mask].max()
+    assert err <= 0.05 * np.abs(want[mask]).max()
