@@ -1,4 +1,5 @@
-"""Qwen3-VL (Ψ0's System-2) image path: transformers' Qwen2VLImageProcessor and Ψ0's two-stage resize.
+"""Qwen3-VL (Ψ0's System-2) in JAX/NNX: weights from a Hugging Face directory (`load_pretrained`), the
+forward pass (`forward`: vision tower, deepstack, M-RoPE decoder), the image path and the prompt.
 
 `preprocess_image(image)` reproduces transformers 5's torchvision-backed (uint8 antialiased bicubic resize)
 `Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2,
