@@ -142,6 +142,32 @@ def bench_train(preset: str, batch: int, num_context: int, dtype: str, reps: int
     }
 
 
+def bench_vlm(reps: int) -> dict:
+    """Tiny Qwen3-VL (tests/data/qwen3vl_tiny) forward for one 180×320 frame through Ψ0's image path + a prompt."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from recap_jax.models import qwen3vl
+
+    root = Path(__file__).resolve().parents[1] / "tests" / "data" / "qwen3vl_tiny"
+    model, cfg = qwen3vl.load_pretrained(root / "model")
+    frame = np.load(root / "image_io.npz")["image"]
+    pv, grid = qwen3vl.preprocess_image(qwen3vl.psi0_image(frame))
+    n = int(np.prod(grid)) // 4
+    ids = np.concatenate(
+        [[5, 6, cfg["vision_start_token_id"]], [cfg["image_token_id"]] * n, [cfg["vision_end_token_id"]]]
+    )
+    ids = np.concatenate([ids, np.arange(10, 30), [7, 8]])[None]
+    mask = np.ones_like(ids)
+
+    def run():
+        return qwen3vl.forward(model, ids, mask, pv, grid[None])["last_layer"]
+
+    first, sec = _time(run, reps=reps)
+    return {"sec": sec, "first_s": first, "tokens": ids.shape[1]}
+
+
 def main(argv: list[str] | None = None) -> str:
     on_gpu = jax.default_backend() == "gpu"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -200,6 +226,10 @@ def main(argv: list[str] | None = None) -> str:
             rows.append([f"{preset} (GPU)", f"{ae.num_params(preset):,}", batch, "bfloat16", pending, "", "", ""])
         train_rows.append(["psi0 (GPU)", 128, "bfloat16", pending, "", "", ""])
 
+    vlm = bench_vlm(args.reps)
+    vlm_rows = [["qwen3vl tiny (CPU, eager)", vlm["tokens"], "float32", f"{1e3 * vlm['sec']:.1f}"]]
+    if not on_gpu:
+        vlm_rows.append(["qwen3vl-2b (GPU)", vlm["tokens"], "bfloat16", "pending (no GPU in this session)"])
     body = "\n\n".join(
         [
             f"Machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f} "
@@ -210,6 +240,8 @@ def main(argv: list[str] | None = None) -> str:
             markdown_table(
                 ["preset", "params", "batch", "dtype", "ms / chunk", "chunks / s", "TFLOP/s", "compile s"], rows
             ),
+            "### System-2 VLM forward (one frame through Ψ0's image path + prompt)",
+            markdown_table(["model", "tokens", "dtype", "ms / forward"], vlm_rows),
             "### Training step (AdamW, flow-matching loss)",
             markdown_table(["preset", "batch", "dtype", "ms / step", "TFLOP/s", "MFU", "compile s"], train_rows),
             f"Anchors: π0, 10 flow steps, {PI0_4090_MS:.0f} ms on an RTX 4090; H100 bf16 peak "

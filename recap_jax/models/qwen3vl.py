@@ -1,4 +1,5 @@
-"""Qwen3-VL (Ψ0's System-2) image path: transformers' Qwen2VLImageProcessor and Ψ0's two-stage resize.
+"""Qwen3-VL (Ψ0's System-2) in JAX/NNX: weights from a Hugging Face directory (`load_pretrained`), the
+forward pass (`forward`: vision tower, deepstack, M-RoPE decoder), the image path and the prompt.
 
 `preprocess_image(image)` reproduces transformers 5's torchvision-backed (uint8 antialiased bicubic resize)
 `Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2,
@@ -164,21 +165,141 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
+def param_shapes(config: dict, vocab_size: int | None = None) -> dict:
+    """Hugging Face key → shape for a Qwen3-VL config (tied lm_head omitted; `vocab_size` overrides)."""
+    tc, vc = config["text_config"], config["vision_config"]
+    d, hd = tc["hidden_size"], tc.get("head_dim") or tc["hidden_size"] // tc["num_attention_heads"]
+    nh, nkv, mlp = tc["num_attention_heads"], tc["num_key_value_heads"], tc["intermediate_size"]
+    shapes = {"model.language_model.embed_tokens.weight": (vocab_size or tc["vocab_size"], d)}
+    for i in range(tc["num_hidden_layers"]):
+        b = f"model.language_model.layers.{i}."
+        shapes |= {
+            b + "input_layernorm.weight": (d,),
+            b + "post_attention_layernorm.weight": (d,),
+            b + "self_attn.q_proj.weight": (nh * hd, d),
+            b + "self_attn.k_proj.weight": (nkv * hd, d),
+            b + "self_attn.v_proj.weight": (nkv * hd, d),
+            b + "self_attn.o_proj.weight": (d, nh * hd),
+            b + "self_attn.q_norm.weight": (hd,),
+            b + "self_attn.k_norm.weight": (hd,),
+            b + "mlp.gate_proj.weight": (mlp, d),
+            b + "mlp.up_proj.weight": (mlp, d),
+            b + "mlp.down_proj.weight": (d, mlp),
+        }
+    shapes["model.language_model.norm.weight"] = (d,)
+    vd, vm, p, tp = vc["hidden_size"], vc["intermediate_size"], vc["patch_size"], vc["temporal_patch_size"]
+    pre = "model.visual."
+    shapes[pre + "patch_embed.proj.weight"] = (vd, vc.get("in_channels", 3), tp, p, p)
+    shapes[pre + "patch_embed.proj.bias"] = (vd,)
+    shapes[pre + "pos_embed.weight"] = (vc["num_position_embeddings"], vd)
+    for i in range(vc["depth"]):
+        b = f"{pre}blocks.{i}."
+        for n, shp in (("norm1", (vd,)), ("norm2", (vd,))):
+            shapes[f"{b}{n}.weight"], shapes[f"{b}{n}.bias"] = shp, shp
+        for n, o, k in (
+            ("attn.qkv", 3 * vd, vd),
+            ("attn.proj", vd, vd),
+            ("mlp.linear_fc1", vm, vd),
+            ("mlp.linear_fc2", vd, vm),
+        ):
+            shapes[f"{b}{n}.weight"], shapes[f"{b}{n}.bias"] = (o, k), (o,)
+    merged = vd * vc["spatial_merge_size"] ** 2
+    out = vc["out_hidden_size"]
+    mergers = [("merger.", vd)] + [
+        (f"deepstack_merger_list.{j}.", merged) for j in range(len(vc["deepstack_visual_indexes"]))
+    ]
+    for m, norm in mergers:
+        shapes[f"{pre}{m}norm.weight"], shapes[f"{pre}{m}norm.bias"] = (norm,), (norm,)
+        shapes[f"{pre}{m}linear_fc1.weight"], shapes[f"{pre}{m}linear_fc1.bias"] = (merged, merged), (merged,)
+        shapes[f"{pre}{m}linear_fc2.weight"], shapes[f"{pre}{m}linear_fc2.bias"] = (out, merged), (out,)
+    if not config.get("tie_word_embeddings", tc.get("tie_word_embeddings", False)):
+        shapes["lm_head.weight"] = (vocab_size or tc["vocab_size"], d)
+    return shapes
+
+
+def abstract_params(config: dict, dtype=jnp.float32) -> dict:
+    """Key → jax.ShapeDtypeStruct via jax.eval_shape (nothing allocated)."""
+    shapes = param_shapes(config)
+    return jax.eval_shape(lambda: {k: jnp.zeros(v, dtype) for k, v in shapes.items()})
+
+
+QWEN3VL_2B = {
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "tie_word_embeddings": True,
+    "text_config": {
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "rms_norm_eps": 1e-6,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    },
+    "vision_config": {
+        "depth": 24,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_heads": 16,
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "spatial_merge_size": 2,
+        "in_channels": 3,
+        "num_position_embeddings": 2304,
+        "out_hidden_size": 2048,
+        "deepstack_visual_indexes": [5, 11, 17],
+    },
+}
+PRESETS = {"qwen3vl-2b": QWEN3VL_2B}
+
+
 def load_pretrained(path, dtype: str = "float32"):
-    """Hugging Face model directory → (Qwen3VL, config dict); tensors cast to `dtype`."""
+    """Hugging Face model directory → (Qwen3VL, config dict); tensors cast to `dtype` ("float32"/"bfloat16").
+
+    Reads model.safetensors or every shard a model.safetensors.index.json names; the embedding's row
+    count comes from the file; a tied lm_head is not stored. Raises ValueError naming the file and each
+    missing, unexpected or mis-shaped key.
+    """
     from safetensors.numpy import load_file
 
     path = Path(path)
     cfg = _read_config(path)
-    files = sorted(path.glob("model*.safetensors"))
-    if not files:
-        raise ValueError(f"{path}: no model*.safetensors")
-    params = {}
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    else:
+        files = [path / "model.safetensors"]
     for f in files:
-        for k, v in load_file(str(f)).items():
-            params[k] = jnp.asarray(v, dtype)
-    if "model.language_model.embed_tokens.weight" not in params:
-        raise ValueError(f"{files[0]}: missing key model.language_model.embed_tokens.weight")
+        if not f.exists():
+            raise ValueError(f"{f}: weights file not found")
+    raw = {}
+    for f in files:
+        raw.update(load_file(str(f)))
+    where = str(files[0]) if len(files) == 1 else f"{path} ({len(files)} shards)"
+    emb = raw.get("model.language_model.embed_tokens.weight")
+    if emb is None:
+        raise ValueError(f"{where}: missing key model.language_model.embed_tokens.weight")
+    cfg["text_config"]["vocab_size"] = int(emb.shape[0])
+    want = param_shapes(cfg, vocab_size=int(emb.shape[0]))
+    if "lm_head.weight" in raw and "lm_head.weight" not in want:
+        raw.pop("lm_head.weight")  # a tied head some writers store anyway
+    missing = sorted(set(want) - set(raw))
+    unexpected = sorted(set(raw) - set(want))
+    bad = sorted(
+        f"{k} {tuple(raw[k].shape)} != {want[k]}" for k in set(want) & set(raw) if tuple(raw[k].shape) != want[k]
+    )
+    if missing or unexpected or bad:
+        raise ValueError(f"{where}: missing keys {missing}; unexpected keys {unexpected}; mis-shaped {bad}")
+    params = {k: jnp.asarray(np.asarray(v, np.float32), dtype) for k, v in raw.items()}
     return Qwen3VL(cfg, params), cfg
 
 
@@ -327,7 +448,7 @@ def forward(model: Qwen3VL, input_ids, attention_mask, pixel_values, image_grid_
     input_ids int [B, L], attention_mask [B, L] (1 = token), pixel_values [P, 1536], image_grid_thw [N, 3]
     → {"last_layer": [B, L, D] before the final RMSNorm, "last_hidden_state": [B, L, D] after it}.
     """
-    cfg, p = model.config, model.params.value
+    cfg, p = model.config, model.params.get_value()
     tc, vc = cfg["text_config"], cfg["vision_config"]
     input_ids = np.asarray(input_ids)
     attention_mask = np.asarray(attention_mask)
@@ -374,3 +495,32 @@ def forward(model: Qwen3VL, input_ids, attention_mask, pixel_values, image_grid_
         if i < len(feats):
             x = x.reshape(B * L, -1).at[flat].add(feats[i].astype(x.dtype)).reshape(B, L, -1)
     return {"last_layer": x, "last_hidden_state": _rms(x, p["model.language_model.norm.weight"], eps)}
+
+
+IMAGE_PAD = "<|image_pad|>"
+
+
+def prompt_text(tokenizer, instruction: str, num_image_tokens: int) -> str:
+    """The chat template of one user turn [image, instruction] + generation prompt, as the tokenizer's own
+    template renders it, with the one `<|image_pad|>` expanded to `num_image_tokens` (as the processor does)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("tokenizer has no chat_template (load it from the checkpoint's directory)")
+    if num_image_tokens < 1:
+        raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if text.count(IMAGE_PAD) != 1:
+        raise ValueError(f"chat template rendered {text.count(IMAGE_PAD)} {IMAGE_PAD} tokens, expected 1")
+    return text.replace(IMAGE_PAD, IMAGE_PAD * num_image_tokens)
+
+
+def prompt_ids(tokenizer, instruction: str, num_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """→ (input_ids int32 [1, L], attention_mask int32 [1, L]) of `prompt_text` (no added special tokens).
+
+    `tokenizer` is transformers' tokenizer loaded from local files (AutoTokenizer.from_pretrained(dir)).
+    """
+    ids = np.asarray(
+        tokenizer(prompt_text(tokenizer, instruction, num_image_tokens), add_special_tokens=False)["input_ids"]
+    )
+    ids = ids.astype(np.int32)[None]
+    return ids, np.ones_like(ids)
