@@ -124,8 +124,11 @@ def stage_dir(out: str | os.PathLike, stage: str) -> Path:
     return d
 
 
-def stage_done(out: str | os.PathLike, stage: str, cfg_slice: Any) -> dict | None:
-    """The stage's marker if it finished with this config and its listed outputs exist, else None."""
+def stage_done(out: str | os.PathLike, stage: str, cfg_slice: Any, rerun_mismatch: bool = False) -> dict | None:
+    """The stage's marker if it finished with this config and its listed outputs exist, else None.
+
+    A marker written with another config raises ``StageError``, or with ``rerun_mismatch`` is reported and
+    treated as absent (the stage reruns and overwrites it)."""
     path = Path(out) / stage / MARKER
     if not path.exists():
         return None
@@ -134,6 +137,9 @@ def stage_done(out: str | os.PathLike, stage: str, cfg_slice: Any) -> dict | Non
     except (OSError, json.JSONDecodeError):
         return None
     if marker.get("config") != _jsonable(cfg_slice):
+        if rerun_mismatch:
+            print(f"[{stage}] marker made with other settings: rerunning", flush=True)
+            return None
         raise StageError(
             f"{path} was written with a different config; use a fresh --out (or delete {path.parent}) to rerun"
         )
@@ -264,10 +270,13 @@ def stage_main(run_fn, description: str, argv=None) -> dict:
     return run_fn(cfg, args.out)
 
 
-def run_stage(out, stage: str, cfg_slice: Any, fn, files_fn=None, force: bool = False) -> dict:
-    """Runs ``fn() -> outputs`` unless the stage's marker validates; writes the marker; returns it."""
+def run_stage(
+    out, stage: str, cfg_slice: Any, fn, files_fn=None, force: bool = False, rerun_mismatch: bool = False
+) -> dict:
+    """Runs ``fn() -> outputs`` unless the stage's marker validates; writes the marker; returns it.
+    ``rerun_mismatch``: a marker of other settings reruns the stage instead of raising (``stage_done``)."""
     if not force:
-        done = stage_done(out, stage, cfg_slice)
+        done = stage_done(out, stage, cfg_slice, rerun_mismatch)
         if done is not None:
             print(f"[{stage}] done earlier ({done['seconds']:.1f} s): skipped", flush=True)
             return done

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -169,17 +168,6 @@ def marker_slice(cfg: StudyConfig, cond: str, checkpoint: dict | None = None) ->
     return out
 
 
-def _stale(out: Path, stage: str, cfg_slice: dict) -> bool:
-    """True when the stage has a marker written for other settings or another checkpoint."""
-    path = Path(out) / stage / common.MARKER
-    if not path.exists():
-        return False
-    try:
-        return common.read_json(path).get("config") != common._jsonable(cfg_slice)
-    except (OSError, json.JSONDecodeError):
-        return True
-
-
 def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
     """Evaluates every condition; a condition whose marker matches this checkpoint (step + params hash)
     and these settings is skipped, one whose marker does not is re-evaluated (with a note)."""
@@ -188,16 +176,13 @@ def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         name = stage_name(it, cond)
         spec = condition_spec(cfg, out, cond, it)
         cfg_slice = marker_slice(cfg, cond, checkpoint_identity(Path(out) / spec["dir"], spec["step"]))
-        stale = _stale(out, name, cfg_slice)
-        if stale:
-            print(f"[{name}] marker made with another checkpoint or settings: re-evaluating", flush=True)
         markers[cond] = common.run_stage(
             out,
             name,
             cfg_slice,
             lambda cond=cond: evaluate_condition(cfg, out, cond, it),
             files_fn=lambda _, name=name: [f"{name}.npz"],
-            force=stale,
+            rerun_mismatch=True,
         )
     return markers
 

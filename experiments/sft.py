@@ -149,16 +149,10 @@ def import_demos(cfg: StudyConfig, out: Path, root: str) -> dict:
 
 def run(cfg: StudyConfig, out: Path, demos_lerobot: str | None = None) -> dict:
     if demos_lerobot:
-        demos = common.run_stage(
-            out,
-            "demos",
-            {"env": cfg.env, "demos_lerobot": str(demos_lerobot), "seed": cfg.seed},
-            lambda: import_demos(cfg, out, demos_lerobot),
-        )
+        source, make = {"demos_lerobot": str(demos_lerobot)}, lambda: import_demos(cfg, out, demos_lerobot)
     else:
-        demos = common.run_stage(
-            out, "demos", {"env": cfg.env, "demos": cfg.demos, "seed": cfg.seed}, lambda: collect_demos(cfg, out)
-        )
+        source, make = {"demos": cfg.demos}, lambda: collect_demos(cfg, out)
+    demos = common.run_stage(out, "demos", {"env": cfg.env, **source, "seed": cfg.seed}, make)
     sft = common.run_stage(
         out,
         "sft",
