@@ -199,6 +199,7 @@ def euler_sample(
     num_steps: int = 10,
     prefix: jax.Array | None = None,
     *,
+    prefix_valid: jax.Array | None = None,
     grid: str = "psi0",
 ) -> jax.Array:
     """Integrates dx/dσ = v(x, σ) from σ = 1 (x = noise) to σ = 0 with ``num_steps`` Euler steps.
@@ -219,6 +220,8 @@ def euler_sample(
       noise: float [B, H, D] starting point ε at σ = 1.
       num_steps: static number of Euler steps, ≥ 1.
       prefix: optional float [B or 1, d, D] clean (normalised) actions for the first d ≤ H steps.
+      prefix_valid: optional bool [B] (with ``prefix``): rows where it is False get no prefix and σ_k on
+        every token, i.e. exactly the plain sampler (a batch mixing first queries with later ones).
       grid: "psi0" (default) or "uniform".
 
     Returns: float [B, H, D] (dtype of ``noise``), the sample at σ = 0.
@@ -239,13 +242,17 @@ def euler_sample(
         if p.ndim != 3 or p.shape[0] not in (1, b) or p.shape[1] > h or p.shape[2] != d_act:
             raise ValueError(f"prefix must be [{b} or 1, d ≤ {h}, {d_act}], got {p.shape}")
         d = p.shape[1]
-        p = jnp.broadcast_to(p, (b, d, d_act)).astype(noise.dtype)
-        in_prefix = jnp.arange(h) < d
+        full = jnp.pad(jnp.broadcast_to(p, (b, d, d_act)).astype(noise.dtype), [(0, 0), (0, h - d), (0, 0)])
+        in_prefix = jnp.broadcast_to(jnp.arange(h) < d, (b, h))  # bool [B, H]
+        if prefix_valid is not None:
+            if jnp.shape(prefix_valid) != (b,):
+                raise ValueError(f"prefix_valid must be bool [{b}], got {jnp.shape(prefix_valid)}")
+            in_prefix = in_prefix & jnp.asarray(prefix_valid, bool)[:, None]
 
         def body(x, s):
             sigma, sigma_next = s
-            x = x.at[:, :d].set(p)
-            tok_sigma = jnp.broadcast_to(jnp.where(in_prefix, 0.0, sigma), (b, h)).astype(jnp.float32)
+            x = jnp.where(in_prefix[..., None], full, x)
+            tok_sigma = jnp.where(in_prefix, 0.0, sigma).astype(jnp.float32)
             v = velocity_fn(x, tok_sigma)
             return (x + (sigma_next - sigma) * v).astype(x.dtype), None
 

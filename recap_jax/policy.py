@@ -549,39 +549,12 @@ def sample_actions(
         return jnp.where(in_prefix, prefix_v, v) if inpaint else v
 
     if prefix is not None and cfg.rtc == "psi0":
-        p = prefix.shape[1]
         pn = normalize_actions(params, prefix)
-        # Rows without a valid prefix: σ on the prefix tokens is the step's σ again and the "prefix"
-        # imposed there is the sample itself, so those rows follow the plain sampler exactly.
-        rtc_tokens = (jnp.arange(h) < p)[None, :] & row_ok[:, None]
-        x0 = _psi0_rtc_sample(velocity, noise, cfg.num_steps, pn, rtc_tokens)
+        x0 = flow.euler_sample(velocity, noise, cfg.num_steps, prefix=pn, prefix_valid=row_ok)
     else:
         x0 = flow.euler_sample(velocity, noise, cfg.num_steps)
     actions = unnormalize_actions(params, x0)
     return jnp.where(in_prefix, prefix_abs, actions) if inpaint else actions
-
-
-def _psi0_rtc_sample(velocity_fn, noise, num_steps, prefix_norm, in_prefix):
-    """``flow.euler_sample(prefix=...)`` with a per-row switch.
-
-    prefix_norm float [B, P, A]; in_prefix bool [B, H] (True on prefix tokens of rows that use one).
-    All rows valid → exactly ``flow.euler_sample(velocity_fn, noise, num_steps, prefix=prefix_norm)``;
-    rows with no True entry → exactly the plain sampler (σ [B, H] all equal to the step's σ).
-    """
-    h = noise.shape[1]
-    p = prefix_norm.shape[1]
-    sigmas = flow.sigma_grid(num_steps)
-    full = jnp.pad(prefix_norm.astype(noise.dtype), [(0, 0), (0, h - p), (0, 0)])
-
-    def body(x, s):
-        sigma, sigma_next = s
-        x = jnp.where(in_prefix[..., None], full, x)
-        tok_sigma = jnp.where(in_prefix, 0.0, sigma).astype(jnp.float32)
-        v = velocity_fn(x, tok_sigma)
-        return (x + (sigma_next - sigma) * v).astype(x.dtype), None
-
-    x, _ = jax.lax.scan(body, noise, (sigmas[:-1], sigmas[1:]))
-    return x
 
 
 def drop_indicator(

@@ -427,7 +427,9 @@ def test_psi0_rtc_prefix(cfg, params):
         P.sample_actions(p, obs, ids, key, prefix=prefix, prefix_valid=jnp.ones((B + 1,), bool))
 
 
-def test_psi0_rtc_sampler_is_flow_euler_sample():
+def test_euler_sample_prefix_valid_switches_rows():
+    """``flow.euler_sample(prefix=, prefix_valid=)`` (what ``sample_actions`` runs for rtc="psi0"): rows
+    with a valid prefix follow Ψ0's RTC sampler, rows without it the plain sampler, exactly."""
     rng = np.random.default_rng(2)
     noise = jnp.asarray(rng.normal(size=(2, 30, 36)), jnp.float32)
     prefix = jnp.asarray(rng.normal(size=(2, 6, 36)), jnp.float32)
@@ -436,17 +438,20 @@ def test_psi0_rtc_sampler_is_flow_euler_sample():
     def field(x, sig):
         return jnp.tanh(x @ w) * (1.0 + jnp.reshape(sig, jnp.shape(sig) + (1,) * (3 - jnp.ndim(sig))))
 
-    all_rows = jnp.broadcast_to(jnp.arange(30) < 6, (2, 30))
+    rtc = flow.euler_sample(field, noise, 10, prefix=prefix)
     np.testing.assert_allclose(
-        P._psi0_rtc_sample(field, noise, 10, prefix, all_rows),
-        flow.euler_sample(field, noise, 10, prefix=prefix),
-        atol=1e-6,
+        flow.euler_sample(field, noise, 10, prefix=prefix, prefix_valid=jnp.ones(2, bool)), rtc, atol=1e-6
     )
     np.testing.assert_allclose(
-        P._psi0_rtc_sample(field, noise, 10, prefix, jnp.zeros((2, 30), bool)),
+        flow.euler_sample(field, noise, 10, prefix=prefix, prefix_valid=jnp.zeros(2, bool)),
         flow.euler_sample(field, noise, 10),
         atol=1e-6,
     )
+    mixed = flow.euler_sample(field, noise, 10, prefix=prefix, prefix_valid=jnp.array([True, False]))
+    np.testing.assert_allclose(mixed[0], rtc[0], atol=1e-6)
+    np.testing.assert_allclose(mixed[1], flow.euler_sample(field, noise, 10)[1], atol=1e-6)
+    with pytest.raises(ValueError, match="prefix_valid"):
+        flow.euler_sample(field, noise, 10, prefix=prefix, prefix_valid=jnp.ones(3, bool))
 
 
 def test_training_rtc_and_psi0_loss(cfg, params):
