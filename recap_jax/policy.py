@@ -32,6 +32,7 @@ from flax import nnx, struct
 from recap_jax import flow
 from recap_jax.models import action_expert as ae
 from recap_jax.models import encoder as enc
+from recap_jax.models import vlm_encoder as vlm
 from recap_jax.models.tokenizer import PAD_ID, ByteTokenizer
 
 RTC_MODES = ("psi0", "inpaint", "off")
@@ -43,10 +44,18 @@ class PolicyConfig:
 
     Attributes:
       action_expert: expert preset ("psi0", "small", "tiny").
-      encoder: System-2 preset ("base" (C = 2048, pairs with psi0), "small", "tiny"); its ``out_dim``
-        must equal the expert's ``context_dim``.
-      image_size: (H, W) of the egocentric image the policy sees (multiples of the patch size 16).
-      prompt_max_len: L of the tokenised prompts (``ByteTokenizer(max_len=L)``).
+      encoder: System-2 preset: a trainable ViT ("base" (C = 2048, pairs with psi0), "small", "tiny") or
+        Ψ0's frozen Qwen3-VL ("qwen3vl-2b" (C = 2048, with "psi0": the whole Ψ0), "qwen3vl-tiny" (C = 64,
+        with "tiny": the CPU test variant); see ``recap_jax.models.vlm_encoder``). Its ``out_dim`` must
+        equal the expert's ``context_dim``. With a Qwen3-VL the prompt ids are its chat-template ids
+        (``tokenize`` / ``config.tokenizer()``), the context is its ``last_layer`` over all L prompt tokens.
+      image_size: (H, W) of the egocentric image the policy sees (multiples of the patch size 16 for the ViT;
+        any size for Qwen3-VL, whose image path (``vlm_encoder.image_plan``) resizes it on device).
+      prompt_max_len: L of the tokenised prompts (``ByteTokenizer(max_len=L)``, or Qwen3-VL's template ids
+        with the frame's visual tokens: ≥ 77 + the text).
+      tokenizer_path: Qwen3-VL only: the checkpoint directory holding tokenizer.json ("" = the in-memory
+        tiny tokenizer of "qwen3vl-tiny"; "qwen3vl-2b" needs one to tokenize).
+      vlm_dtype: Qwen3-VL weight/compute dtype ("" = the preset's: bf16 for the 2B, float32 for the tiny).
       chunk: H, actions per chunk (30). execute: Ta, actions executed per query (24).
       action_dim / state_dim: 36 / 32 (the state is zero-padded to ``action_dim``).
       padded_action_dims: indices of action dimensions that are padding (masked in and out).
@@ -93,6 +102,8 @@ class PolicyConfig:
     rtc_max_delay: int = 0
     loss_reduction: str = "mean"
     mask_padded_keys: bool = False
+    tokenizer_path: str = ""
+    vlm_dtype: str = ""
 
     def __post_init__(self):
         if self.rtc not in RTC_MODES:
@@ -118,13 +129,36 @@ class PolicyConfig:
             raise ValueError(f"padded_action_dims {self.padded_action_dims} out of range [0, {self.action_dim})")
         if self.sigma_kind not in flow.SIGMA_KINDS:
             raise ValueError(f"sigma_kind must be one of {flow.SIGMA_KINDS}, got {self.sigma_kind!r}")
-        e, c = self.expert_config(), self.encoder_config()
-        if c.out_dim != e.context_dim:
+        if self.vlm_dtype not in ("", "float32", "bfloat16"):
+            raise ValueError(f"vlm_dtype must be '', 'float32' or 'bfloat16', got {self.vlm_dtype!r}")
+        e = self.expert_config()
+        if self.is_vlm:
+            out_dim = vlm.VLM_PRESETS[self.encoder].hidden
+            need = vlm.image_plan(*self.image_size).num_tokens + 8
+            if self.prompt_max_len < need:
+                raise ValueError(
+                    f"prompt_max_len {self.prompt_max_len} < {need}: the frame alone takes {need - 8} tokens"
+                )
+        else:
+            c = self.encoder_config()
+            out_dim = c.out_dim
+            c.num_tokens(self.image_size, self.prompt_max_len)
+        if out_dim != e.context_dim:
             raise ValueError(
-                f"encoder {self.encoder!r} gives {c.out_dim}-d context but expert {self.action_expert!r} "
-                f"reads {e.context_dim}-d; pick matching presets (tiny/tiny, small/small, base/psi0)"
+                f"encoder {self.encoder!r} gives {out_dim}-d context but expert {self.action_expert!r} "
+                f"reads {e.context_dim}-d; pick matching presets (tiny/tiny, small/small, base/psi0, "
+                "qwen3vl-2b/psi0, qwen3vl-tiny/tiny)"
             )
-        c.num_tokens(self.image_size, self.prompt_max_len)
+
+    @property
+    def is_vlm(self) -> bool:
+        """Whether System-2 is a frozen Qwen3-VL (``vlm_encoder``)."""
+        return vlm.is_vlm(self.encoder)
+
+    @property
+    def pad_id(self) -> int:
+        """The prompt pad id (masks default to ids != pad_id)."""
+        return vlm.VLM_PRESETS[self.encoder].pad_id if self.is_vlm else PAD_ID
 
     def expert_config(self) -> ae.ActionExpertConfig:
         return ae.get_config(
@@ -137,6 +171,8 @@ class PolicyConfig:
         )
 
     def encoder_config(self) -> enc.EncoderConfig:
+        if self.is_vlm:
+            raise ValueError(f"encoder {self.encoder!r} is a Qwen3-VL, not a ViT EncoderConfig")
         return enc.get_config(self.encoder, dtype=self.dtype)
 
     def action_dim_mask(self) -> np.ndarray:
@@ -145,7 +181,12 @@ class PolicyConfig:
         m[list(self.padded_action_dims)] = False
         return m
 
-    def tokenizer(self) -> ByteTokenizer:
+    def tokenizer(self) -> ByteTokenizer | vlm.PromptTokenizer:
+        """``encode(texts) -> (ids int32 [B, L], mask bool [B, L])``: bytes for the ViT, Qwen3-VL's chat
+        template of [frame, text] for a VLM encoder."""
+        if self.is_vlm:
+            n = vlm.image_plan(*self.image_size).num_tokens
+            return vlm.PromptTokenizer(self.encoder, self.tokenizer_path, self.prompt_max_len, n)
         return ByteTokenizer(max_len=self.prompt_max_len)
 
 
@@ -295,7 +336,10 @@ class PolicyModel(nnx.Module):
     """Encoder (System-2) and action expert (System-1) in one NNX module."""
 
     def __init__(self, cfg: PolicyConfig, rngs: nnx.Rngs):
-        self.encoder = enc.VitEncoder(cfg.encoder_config(), rngs)
+        if cfg.is_vlm:
+            self.encoder = vlm.Qwen3VLEncoder(cfg.encoder, cfg.image_size, cfg.vlm_dtype, rngs)
+        else:
+            self.encoder = enc.VitEncoder(cfg.encoder_config(), rngs)
         self.expert = ae.ActionExpert(cfg.expert_config(), rngs)
 
 
@@ -337,14 +381,17 @@ def with_norm_stats(params: PolicyParams, norm_stats: NormStats) -> PolicyParams
 
 
 def trainable_mask(params: PolicyParams) -> PolicyParams:
-    """Same-structure pytree of bools: True on the model parameters, False on the norm stats.
+    """Same-structure pytree of bools: True on the model parameters, False on the norm stats (and on a
+    frozen Qwen3-VL System-2's weights).
 
     Use it with ``optax.masked`` (or ``optax.multi_transform``) so the optimiser never touches the
     statistics (``policy_loss`` stops their gradient; this also keeps weight decay off them).
     """
-    return params.replace(
-        model=jax.tree.map(lambda _: True, params.model), norm=jax.tree.map(lambda _: False, params.norm)
+    frozen = params.config.is_vlm
+    model = jax.tree_util.tree_map_with_path(
+        lambda path, _: not (frozen and getattr(path[0], "key", None) == "encoder"), params.model
     )
+    return params.replace(model=model, norm=jax.tree.map(lambda _: False, params.norm))
 
 
 def _check_norm(config: PolicyConfig, norm: NormStats) -> None:
@@ -403,9 +450,9 @@ def unnormalize_actions(params: PolicyParams, actions: jax.Array) -> jax.Array:
     return unnormalize(actions, n.action_min, n.action_max)
 
 
-def _prompt_mask(ids: jax.Array, mask: jax.Array | None) -> jax.Array:
+def _prompt_mask(ids: jax.Array, mask: jax.Array | None, pad_id: int = PAD_ID) -> jax.Array:
     if mask is None:
-        return ids != PAD_ID
+        return ids != pad_id
     if mask.shape != ids.shape:
         raise ValueError(f"prompt mask {mask.shape} must match prompt ids {ids.shape}")
     return mask.astype(bool)
@@ -424,7 +471,9 @@ def encode_observation(
     → (tokens float32 [B, N, C], mask bool [B, N]). For a frozen-feature value function wrap the call
     in ``jax.lax.stop_gradient``."""
     _check_image(params.config, image, prompt_ids.shape[0])
-    tokens, mask = _model(params).encoder(image, prompt_ids, _prompt_mask(prompt_ids, prompt_mask))
+    tokens, mask = _model(params).encoder(
+        image, prompt_ids, _prompt_mask(prompt_ids, prompt_mask, params.config.pad_id)
+    )
     return tokens.astype(jnp.float32), mask
 
 
@@ -511,12 +560,12 @@ def sample_actions(
             raise ValueError(f"prefix_valid must be bool [{b}], got {jnp.shape(prefix_valid)}")
 
     model = _inference_model(params)
-    mask = _prompt_mask(prompt_ids, prompt_mask)
+    mask = _prompt_mask(prompt_ids, prompt_mask, cfg.pad_id)
     s = normalize_state(params, state, obs.get("t"))
     if use_cfg:
         if uncond_ids.shape != prompt_ids.shape:
             raise ValueError(f"uncond_ids {uncond_ids.shape} must match prompt_ids {prompt_ids.shape}")
-        umask = _prompt_mask(uncond_ids, uncond_mask)
+        umask = _prompt_mask(uncond_ids, uncond_mask, cfg.pad_id)
         ctx, cmask = model.encoder(
             jnp.concatenate([image, image]),
             jnp.concatenate([prompt_ids, uncond_ids]),
@@ -577,6 +626,8 @@ def drop_indicator(
 
 
 BATCH_KEYS = ("image", "state", "prompt_ids", "prompt_mask", "actions", "action_mask")
+# A batch of cached System-2 features (``recap_jax.data.features``) replaces image and prompt by these.
+FEATURE_KEYS = ("context", "context_mask", "state", "actions", "action_mask")
 
 
 def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
@@ -589,17 +640,20 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
         "uncond_prompt_ids" i32 [B, L] and "uncond_prompt_mask" bool [B, L] (the bare instruction),
         used instead of the labelled prompt with probability ``indicator_dropout`` per example; with
         ``phase_steps > 0`` also "t" i32 [B] (the window's control step). Optional "label" int8 [B] (only
-        reported).
+        reported). Cached features instead of image and prompt (a frozen System-2, e.g. Qwen3-VL):
+        "context" f32/bf16 [B, N, C] and "context_mask" bool [B, N] (the encoder's output on the labelled
+        prompt), and with ``indicator_dropout > 0`` "uncond_context" / "uncond_context_mask" (on the
+        bare prompt); the same key drops the same rows as on the fly, so the loss is the same.
       key: PRNG key (σ, noise, indicator dropout, input dropouts).
 
     Returns: (loss float32 [], metrics {"loss", "sigma_mean", "indicator_dropped"} float32 []).
     """
     cfg = params.config
-    missing = [k for k in BATCH_KEYS if k not in batch]
+    cached = "context" in batch
+    missing = [k for k in (FEATURE_KEYS if cached else BATCH_KEYS) if k not in batch]
     if missing:
         raise ValueError(f"batch lacks {missing} (has {sorted(batch)})")
-    ids, mask = batch["prompt_ids"], batch["prompt_mask"].astype(bool)
-    b = ids.shape[0]
+    b = batch["state"].shape[0]
     h, a = cfg.chunk, cfg.action_dim
     if batch["actions"].shape != (b, h, a) or batch["action_mask"].shape != (b, h):
         raise ValueError(
@@ -608,22 +662,40 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
         )
     if batch["state"].shape != (b, cfg.state_dim):
         raise ValueError(f"state must be [{b}, {cfg.state_dim}], got {batch['state'].shape}")
-    _check_image(cfg, batch["image"], b)
     k_sigma, k_noise, k_ind, k_drop = jax.random.split(key, 4)
-
-    dropped = jnp.zeros((b,), bool)
-    if cfg.indicator_dropout > 0.0:
-        if "uncond_prompt_ids" not in batch or "uncond_prompt_mask" not in batch:
-            raise ValueError(
-                f"indicator_dropout={cfg.indicator_dropout} needs 'uncond_prompt_ids' and 'uncond_prompt_mask' "
-                "(the bare instruction) in the batch"
-            )
-        ids, mask, dropped = drop_indicator(
-            k_ind, cfg.indicator_dropout, ids, mask, batch["uncond_prompt_ids"], batch["uncond_prompt_mask"]
-        )
-
     model = _model(params)
-    ctx, cmask = model.encoder(batch["image"], ids, mask)
+    dropped = jnp.zeros((b,), bool)
+    if cached:
+        ctx, cmask = batch["context"], batch["context_mask"].astype(bool)
+        if ctx.ndim != 3 or ctx.shape[0] != b or cmask.shape != ctx.shape[:2]:
+            raise ValueError(f"context must be [{b}, N, C] and context_mask [{b}, N], got {ctx.shape}, {cmask.shape}")
+        if cfg.indicator_dropout > 0.0:
+            if "uncond_context" not in batch or "uncond_context_mask" not in batch:
+                raise ValueError(
+                    f"indicator_dropout={cfg.indicator_dropout} needs 'uncond_context' and 'uncond_context_mask' "
+                    "(features of the bare instruction) in a cached-feature batch"
+                )
+            if batch["uncond_context"].shape != ctx.shape or batch["uncond_context_mask"].shape != cmask.shape:
+                raise ValueError("uncond_context/uncond_context_mask must match context/context_mask in shape")
+            dropped = jax.random.bernoulli(k_ind, cfg.indicator_dropout, (b,))
+            ctx = jnp.where(dropped[:, None, None], batch["uncond_context"], ctx)
+            cmask = jnp.where(dropped[:, None], batch["uncond_context_mask"].astype(bool), cmask)
+        ctx = ctx.astype(jnp.float32)
+    else:
+        ids, mask = batch["prompt_ids"], batch["prompt_mask"].astype(bool)
+        _check_image(cfg, batch["image"], b)
+        if cfg.indicator_dropout > 0.0:
+            if "uncond_prompt_ids" not in batch or "uncond_prompt_mask" not in batch:
+                raise ValueError(
+                    f"indicator_dropout={cfg.indicator_dropout} needs 'uncond_prompt_ids' and 'uncond_prompt_mask' "
+                    "(the bare instruction) in the batch"
+                )
+            ids, mask, dropped = drop_indicator(
+                k_ind, cfg.indicator_dropout, ids, mask, batch["uncond_prompt_ids"], batch["uncond_prompt_mask"]
+            )
+        ctx, cmask = model.encoder(batch["image"], ids, mask)
+        if cfg.is_vlm:  # frozen System-2
+            ctx = jax.lax.stop_gradient(ctx)
     s = normalize_state(params, batch["state"], batch.get("t"))
     x = normalize_actions(params, batch["actions"])
     sigma = flow.sample_sigma(k_sigma, (b,), cfg.sigma_kind)
