@@ -10,7 +10,11 @@ A *window* is taken at each imaged step ``t = image_steps[q]`` of an episode:
   ``recap_jax.advantage.format_prompt(instruction, label)``, tokenised by ``ByteTokenizer``;
   optionally ``uncond_prompt_ids`` / ``uncond_prompt_mask`` (the bare instruction, for indicator
   dropout);
-* value mode: ``return`` f32[] read from a named per-imaged-step annotation.
+* value mode: ``return`` f32[] read from a named per-imaged-step annotation;
+* feature mode (``feature_annotation``, a frozen Qwen3-VL's cache, ``recap_jax.data.features``): instead of
+  ``image`` and the prompt, ``context`` f32[L, C] / ``context_mask`` bool[L], the cached System-2 output of
+  the window's image under its prompt variant (high / low / bare by the label), and with ``emit_uncond``
+  ``uncond_context`` / ``uncond_context_mask`` (bare).
 
 Order: the windows of all episodes are enumerated once (episode order of the store, then q); epoch e
 uses the permutation ``default_rng([seed, e])``; step s of an epoch takes the slice
@@ -50,6 +54,8 @@ class LoaderConfig:
       emit_uncond: also emit the bare prompt as ``uncond_prompt_ids`` / ``uncond_prompt_mask``.
       return_annotation: name of a float annotation emitted as ``return`` (value-function mode).
       kinds: keep only episodes whose ``tags["kind"]`` is in this tuple (None = all).
+      feature_annotation: name of a System-2 feature cache (``features.write_feature_cache``) to emit
+        ``context`` batches from, or None (images and prompt ids).
     """
 
     batch_size: int
@@ -60,6 +66,7 @@ class LoaderConfig:
     emit_uncond: bool = False
     return_annotation: str | None = None
     kinds: tuple[str, ...] | None = None
+    feature_annotation: str | None = None
 
 
 def norm_stats(episodes: EpisodeStore | Sequence[Episode], kinds: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -108,6 +115,8 @@ class WindowLoader:
         otherwise numpy batches are yielded.
       process_index, process_count: host sharding (default: ``jax.process_index()/process_count()``).
       prefetch: batches prepared ahead by a background thread (0 = synchronous).
+      tokenizer: anything with ``encode(text) -> (ids [1, L], mask [1, L])`` (default
+        ``ByteTokenizer(max_prompt_len)``; a Qwen3-VL policy passes ``config.tokenizer()``).
     """
 
     def __init__(
@@ -120,6 +129,7 @@ class WindowLoader:
         process_count: int | None = None,
         prefetch: int = 2,
         annotations: dict[str, dict[int, np.ndarray]] | None = None,
+        tokenizer: Any = None,
     ):
         if process_index is None or process_count is None:
             import jax
@@ -133,11 +143,13 @@ class WindowLoader:
         self.process_index, self.process_count = process_index, process_count
         self.local_batch_size = config.batch_size // process_count
         self.prefetch = prefetch
-        self.tokenizer = ByteTokenizer(config.max_prompt_len)
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer(config.max_prompt_len)
 
         if isinstance(source, EpisodeStore):
             episodes = source.load()
             names = [n for n in (config.label_annotation, config.return_annotation) if n]
+            if config.feature_annotation:
+                names += [config.feature_annotation, config.feature_annotation + "_mask"]
             annotations = {n: source.read_annotation(n) for n in names}
         else:
             episodes = list(source)
@@ -163,6 +175,24 @@ class WindowLoader:
 
         self._labels = self._per_window(annotations, config.label_annotation, np.int8, -1)
         self._returns = self._per_window(annotations, config.return_annotation, np.float32, None)
+        self._features = None
+        if config.feature_annotation:
+            name = config.feature_annotation
+            for n in (name, name + "_mask"):
+                if n not in annotations:
+                    raise KeyError(f"feature annotation {n!r} not available to the loader")
+            feats, masks = annotations[name], annotations[name + "_mask"]
+            for e in self.episodes:
+                q = e.image_steps.size
+                if e.episode_id not in feats or e.episode_id not in masks:
+                    raise KeyError(f"feature annotation {name!r} has no entry for episode {e.episode_id}")
+                f, m = feats[e.episode_id], masks[e.episode_id]
+                if f.ndim != 4 or f.shape[:2] != (q, 3) or m.shape != f.shape[:3]:
+                    raise ValueError(
+                        f"feature annotation {name!r}: episode {e.episode_id} has {f.shape} / mask {m.shape}, "
+                        f"expected [{q}, 3, L, C] / [{q}, 3, L]"
+                    )
+            self._features = (feats, masks)
         self._prompt_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._format_prompt = None
         if config.label_annotation:
@@ -215,18 +245,21 @@ class WindowLoader:
         h = self.config.horizon
         b = idx.size
         out = {
-            "image": np.empty((b, *self.image_shape), np.uint8),
             "state": np.empty((b, STATE_DIM), np.float32),
             "t": np.empty((b,), np.int32),
             "actions": np.empty((b, h, ACTION_DIM), np.float32),
             "action_mask": np.zeros((b, h), bool),
         }
-        prompts, bare = [], []
+        if self._features is None:
+            out["image"] = np.empty((b, *self.image_shape), np.uint8)
+        prompts, bare, where = [], [], []
         for row, w in enumerate(idx):
             ep = self.episodes[self._ep_index[w]]
             q = self._q_index[w]
             t = int(ep.image_steps[q])
-            out["image"][row] = ep.images[q]
+            where.append((ep.episode_id, q))
+            if self._features is None:
+                out["image"][row] = ep.images[q]
             out["state"][row] = ep.states[t]
             out["t"][row] = t
             out["actions"][row], out["action_mask"][row] = action_window(ep.actions, t, h)
@@ -236,6 +269,20 @@ class WindowLoader:
                 prompts.append(self._format_prompt(ep.prompt, None if label < 0 else label))
             else:
                 prompts.append(ep.prompt)
+        if self._features is not None:
+            from recap_jax.data.features import from_storage, variant_index
+
+            feats, masks = self._features
+            labels = self._labels[idx] if self._labels is not None else np.full(b, -1, np.int8)
+            var = variant_index(labels)
+            out["context"] = np.stack([from_storage(feats[e][q, v]) for (e, q), v in zip(where, var)])
+            out["context_mask"] = np.stack([masks[e][q, v].astype(bool) for (e, q), v in zip(where, var)])
+            if self.config.emit_uncond:
+                out["uncond_context"] = np.stack([from_storage(feats[e][q, 2]) for e, q in where])
+                out["uncond_context_mask"] = np.stack([masks[e][q, 2].astype(bool) for e, q in where])
+            if self._returns is not None:
+                out["return"] = self._returns[idx]
+            return out
         toks = [self._tokens(p) for p in prompts]
         out["prompt_ids"] = np.stack([t[0] for t in toks])
         out["prompt_mask"] = np.stack([t[1] for t in toks])

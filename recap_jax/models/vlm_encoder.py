@@ -441,3 +441,52 @@ class Qwen3VLEncoder(nnx.Module):
         model = qwen3vl.Qwen3VL(VLM_PRESETS[self.preset].config, self.weights.get_value())
         out = qwen3vl.forward(model, prompt_ids, prompt_mask.astype(jnp.int32), pixels, grid)
         return out["last_layer"].astype(jnp.float32), prompt_mask.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights in Hugging Face's key layout (what a Ψ0 run stores under ``vlm_model.``).
+# ---------------------------------------------------------------------------------------------
+
+
+def check_hf_tensors(preset: str, tensors: dict, where: str) -> dict:
+    """{HF key: array} for a preset → the same without a tied ``lm_head.weight``, after checking every key.
+
+    Raises: ValueError naming ``where`` and every missing, unexpected and mis-shaped key.
+    """
+    want = qwen3vl.param_shapes(VLM_PRESETS[preset].config)
+    tensors = dict(tensors)
+    if "lm_head.weight" in tensors and "lm_head.weight" not in want:
+        tensors.pop("lm_head.weight")  # the tied head, stored by some writers
+    missing = sorted(set(want) - set(tensors))
+    unexpected = sorted(set(tensors) - set(want))
+    bad = sorted(
+        f"{k}: file {tuple(tensors[k].shape)}, expected {want[k]}"
+        for k in set(want) & set(tensors)
+        if tuple(tensors[k].shape) != tuple(want[k])
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if bad:
+        problems.append(f"mis-shaped keys ({len(bad)}): {bad}")
+    if problems:
+        raise ValueError(f"cannot load Qwen3-VL ({preset}) weights from {where}: " + "; ".join(problems))
+    return tensors
+
+
+def encoder_state_with_weights(encoder_state: nnx.State, preset: str, dtype: str, tensors: dict, where: str):
+    """A copy of the encoder's ``nnx.State`` holding ``tensors`` ({HF key: array}, checked and cast to
+    ``dtype``)."""
+    tensors = check_hf_tensors(preset, tensors, where)
+    dt = jnp.dtype(dtype or VLM_PRESETS[preset].dtype)
+    weights = {k: jnp.asarray(np.asarray(v, np.float32) if v.dtype != dt else v, dt) for k, v in tensors.items()}
+    out = jax.tree.map(lambda x: x, encoder_state)
+    out["weights"] = VlmWeights(weights)
+    return out
+
+
+def hf_tensors(encoder_state: nnx.State) -> dict:
+    """The encoder's weights as {HF key: jax array} (its dtype; no tied lm_head)."""
+    return dict(encoder_state["weights"].get_value())

@@ -1,0 +1,162 @@
+"""Cached System-2 features for training the expert behind a frozen Qwen3-VL.
+
+The frozen VLM's output depends on the prompt (the advantage text sits after the image and the expert
+reads all tokens), so the cache holds ``last_layer`` per (stored image, prompt variant) for the three
+RECAP variants ``VARIANTS`` = high ("advantage: high. …", label 1), low (label 0) and bare (the
+instruction alone, label −1: BC, a dropped indicator, or the unconditional branch of CFG).
+
+Layout: two store annotations (``EpisodeStore.write_annotation``, one entry per imaged step):
+``<name>`` [Q, 3, L, C] — float32 for a float32 VLM, or the **bit pattern of bfloat16 as uint16** for a
+bf16 VLM (lossless: the VLM computes in bf16) — and ``<name>_mask`` bool [Q, 3, L]; plus a sidecar
+``annotations/<name>.json`` with the fingerprint of what made them (encoder preset, image size, prompt
+length, the VLM weights' checksum, each episode's instruction). ``WindowLoader`` with
+``LoaderConfig.feature_annotation=<name>`` reads them and emits ``context`` / ``context_mask`` (the
+variant of the window's label) and, with ``emit_uncond``, ``uncond_context`` / ``uncond_context_mask``
+(bare); ``policy.policy_loss`` trains from those without running the VLM.
+
+Image augmentation changes the VLM's input, so a run that augments (colour jitter; this package has no
+such augmentation yet) must train on the fly (``feature_annotation=None``) — the cache holds features
+of the stored, unaugmented images only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recap_jax.advantage import format_prompt
+from recap_jax.data.store import ANNOTATIONS_DIR, EpisodeStore, atomic_write_bytes
+
+VARIANTS = ("high", "low", "bare")
+VARIANT_LABELS = (1, 0, -1)  # label → variant index: 1 → 0, 0 → 1, -1 → 2
+DEFAULT_NAME = "vlm_features"
+
+
+def variant_index(labels: np.ndarray) -> np.ndarray:
+    """int8 labels {1, 0, −1} → variant indices {0, 1, 2} (int64, same shape)."""
+    labels = np.asarray(labels)
+    return np.where(labels == 1, 0, np.where(labels == 0, 1, 2))
+
+
+def fingerprint(params) -> dict:
+    """What the cached features depend on besides the images and prompts: the System-2 preset, image size,
+    prompt length, tokenizer and a SHA-256 of the VLM's weights (bytes of every tensor, key order)."""
+    cfg = params.config
+    if not cfg.is_vlm:
+        raise ValueError(f"feature caching needs a frozen Qwen3-VL encoder, got {cfg.encoder!r}")
+    h = hashlib.sha256()
+    weights = params.model["encoder"]["weights"].get_value()
+    for k in sorted(weights):
+        h.update(k.encode())
+        h.update(np.asarray(jax.device_get(weights[k])).tobytes())
+    return {
+        "encoder": cfg.encoder,
+        "vlm_dtype": str(weights[sorted(weights)[0]].dtype),
+        "image_size": list(cfg.image_size),
+        "prompt_max_len": cfg.prompt_max_len,
+        "tokenizer_path": cfg.tokenizer_path,
+        "weights_sha256": h.hexdigest(),
+    }
+
+
+def _to_storage(x: jax.Array) -> np.ndarray:
+    x = np.asarray(jax.device_get(x))
+    if x.dtype == jnp.bfloat16:
+        return x.view(np.uint16)
+    return x.astype(np.float32)
+
+
+def from_storage(x: np.ndarray) -> np.ndarray:
+    """A stored feature array → float32 (uint16 = bfloat16 bits)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint16:
+        return x.view(jnp.bfloat16).astype(np.float32)
+    return x.astype(np.float32)
+
+
+def encode_variants(params, images: np.ndarray, instruction: str, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """System-2 features of frames under the three prompt variants.
+
+    Args: params (a Qwen3-VL ``PolicyParams``), images uint8 [Q, H, W, 3], the bare instruction,
+    batch_size (frames per VLM call).
+
+    Returns: (features [Q, 3, L, C] in storage form (float32, or uint16 bf16 bits), mask bool [Q, 3, L]).
+    """
+    from recap_jax import policy as P
+
+    cfg = params.config
+    texts = [format_prompt(instruction, lab if lab >= 0 else None) for lab in VARIANT_LABELS]
+    ids, mask = P.tokenize(cfg, texts)  # [3, L]
+    vlm_dt = params.model["encoder"]["weights"].get_value()
+    dt = next(iter(vlm_dt.values())).dtype
+    q = images.shape[0]
+    feats, masks = [], []
+    for start in range(0, q, batch_size):
+        img = np.asarray(images[start : start + batch_size])
+        n = img.shape[0]
+        rep = np.repeat(img, 3, axis=0)  # frame-major: [f0 high, f0 low, f0 bare, f1 high, ...]
+        tok = np.tile(ids, (n, 1))
+        msk = np.tile(mask, (n, 1))
+        ctx, cm = P.encode_observation(params, jnp.asarray(rep), jnp.asarray(tok), jnp.asarray(msk))
+        ctx = ctx.astype(dt)  # the VLM's own precision (float32 for a float32 VLM)
+        feats.append(_to_storage(ctx).reshape(n, 3, *ctx.shape[1:]))
+        masks.append(np.asarray(cm).reshape(n, 3, -1))
+    return np.concatenate(feats), np.concatenate(masks)
+
+
+def write_feature_cache(
+    store: EpisodeStore, params, *, name: str = DEFAULT_NAME, batch_size: int = 8, episode_ids=None
+) -> dict:
+    """Computes and stores the features of every imaged step of the store's episodes (or ``episode_ids``),
+    once: episodes already cached under the same fingerprint are skipped (resumable; written per episode,
+    atomically). A cache with another fingerprint is replaced. Returns the sidecar dict."""
+    fp = fingerprint(params)
+    side_path = store.root / ANNOTATIONS_DIR / f"{name}.json"
+    side = json.loads(side_path.read_text()) if side_path.exists() else None
+    if side is None or side.get("fingerprint") != fp:
+        side = {"fingerprint": fp, "variants": list(VARIANTS), "instructions": {}}
+        replace = True
+    else:
+        replace = False
+    ids = store.episode_ids() if episode_ids is None else [int(e) for e in episode_ids]
+    for ep in store.load(ids):
+        key = str(ep.episode_id)
+        if not replace and side["instructions"].get(key) == ep.prompt and ep.episode_id in _cached_ids(store, name):
+            continue
+        if ep.image_steps.size == 0:
+            continue
+        f, m = encode_variants(params, ep.images, ep.prompt, batch_size)
+        store.write_annotation(name, {ep.episode_id: f}, replace=replace)
+        store.write_annotation(f"{name}_mask", {ep.episode_id: m}, replace=replace)
+        replace = False
+        side["instructions"][key] = ep.prompt
+        atomic_write_bytes(side_path, json.dumps(side, indent=1).encode())
+    side_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(side_path, json.dumps(side, indent=1).encode())
+    return side
+
+
+def _cached_ids(store: EpisodeStore, name: str) -> set[int]:
+    if name not in store.annotation_names():
+        return set()
+    return set(store.read_annotation(name))
+
+
+def check_feature_cache(store: EpisodeStore, params, name: str = DEFAULT_NAME) -> None:
+    """Raises ValueError when the store's cache ``name`` was made by another System-2 / image size /
+    prompt length (``fingerprint``) or lacks an episode."""
+    side_path = store.root / ANNOTATIONS_DIR / f"{name}.json"
+    if not side_path.exists():
+        raise ValueError(f"{store.root}: no feature cache {name!r} ({side_path} missing); run write_feature_cache")
+    side = json.loads(side_path.read_text())
+    fp = fingerprint(params)
+    if side.get("fingerprint") != fp:
+        diff = {k: (side.get("fingerprint", {}).get(k), v) for k, v in fp.items() if side["fingerprint"].get(k) != v}
+        raise ValueError(f"{side_path}: made with other settings (cached, now): {diff}")
+    missing = [e for e in store.episode_ids() if str(e) not in side["instructions"] and store.num_images(e)]
+    if missing:
+        raise ValueError(f"{side_path}: episodes {missing[:10]} are not cached")

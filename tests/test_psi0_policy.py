@@ -1,0 +1,186 @@
+"""The whole Ψ0 as one policy: frozen Qwen3-VL (tests/data/qwen3vl_tiny's golden weights) + a tiny expert.
+
+Checks the on-device image path against qwen3vl's host reference, the encoder against qwen3vl.forward,
+sample_actions / policy_loss, the cached-feature path (features and loss equal the on-the-fly ones, a
+train step from the loader's cached batch), the Ψ0 run-directory round trip with named errors, and the
+full-size parameter count via eval_shape.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from recap_jax import policy as P
+from recap_jax import psi0
+from recap_jax.models import convert, qwen3vl
+from recap_jax.models import vlm_encoder as vlm
+
+DIR = Path(__file__).parent / "data" / "qwen3vl_tiny"
+INSTR = "bend to pick up the cracker box"
+
+
+def _norm():
+    rng = np.random.default_rng(3)
+    lo_s, lo_a = rng.uniform(-2, -1, 32), rng.uniform(-2, -1, 36)
+    return P.NormStats(
+        jnp.asarray(lo_s, jnp.float32),
+        jnp.asarray(lo_s + rng.uniform(1, 3, 32), jnp.float32),
+        jnp.asarray(lo_a, jnp.float32),
+        jnp.asarray(lo_a + rng.uniform(1, 3, 36), jnp.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def params():
+    """Tiny Ψ0: golden Qwen3-VL weights + a tiny expert with random (non-zero) weights."""
+    cfg = P.PolicyConfig(
+        encoder="qwen3vl-tiny", action_expert="tiny", image_size=(180, 320), prompt_max_len=160, indicator_dropout=0.3
+    )
+    ecfg = cfg.expert_config()
+    rng = np.random.default_rng(0)
+    expert = {
+        k: (0.05 * rng.standard_normal(v.shape)).astype(np.float32) if k not in (convert.TIME_W_KEY,) else v
+        for k, v in convert.export_expert_state(psi0._init_expert(ecfg, jax.random.key(0)), ecfg).items()
+        if k != convert.OBS_PE_KEY
+    }
+    vlm_t = load_file(str(DIR / "model" / "model.safetensors"))
+    return psi0.assemble(cfg, vlm_t, expert, _norm())
+
+
+@pytest.fixture(scope="module")
+def frames():
+    img = np.load(DIR / "image_io.npz")["image"]
+    return np.stack([img, img[::-1]])  # two different 180×320 frames
+
+
+def test_device_image_path_equals_host():
+    rng = np.random.default_rng(1)
+    for frame in (np.load(DIR / "image_io.npz")["image"], rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)):
+        want, grid = qwen3vl.preprocess_image(qwen3vl.psi0_image(frame))
+        plan = vlm.image_plan(*frame.shape[:2])
+        got = np.asarray(jax.jit(vlm.device_pixels, static_argnums=1)(jnp.asarray(frame[None]), plan))
+        assert tuple(grid) == plan.grid == (1, 14, 22) and plan.num_tokens == 77
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-7, rtol=0)
+
+
+def test_full_psi0_counts_without_allocation():
+    cfg = P.PolicyConfig(encoder="qwen3vl-2b", action_expert="psi0", image_size=(180, 320), prompt_max_len=160)
+    a = P.abstract_policy(cfg)
+    assert isinstance(jax.tree.leaves(a.model)[0], jax.ShapeDtypeStruct)
+    n_vlm = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(a.model["encoder"]))
+    n_exp = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(a.model["expert"]))
+    assert (n_vlm, n_exp) == (2_127_532_032, 490_039_128)
+    assert {x.dtype for x in jax.tree.leaves(a.model["encoder"])} == {jnp.dtype(jnp.bfloat16)}
+    mask = P.trainable_mask(a)
+    trained = sum(int(np.prod(x.shape)) for x, m in zip(jax.tree.leaves(a.model), jax.tree.leaves(mask.model)) if m)
+    assert trained == 490_039_128
+    with pytest.raises(ValueError, match="context"):
+        P.PolicyConfig(encoder="qwen3vl-2b", action_expert="tiny", image_size=(180, 320), prompt_max_len=160)
+    with pytest.raises(ValueError, match="prompt_max_len"):
+        P.PolicyConfig(encoder="qwen3vl-tiny", action_expert="tiny", image_size=(180, 320), prompt_max_len=64)
+
+
+def test_prompt_and_encoder_equal_reference(params, frames):
+    cfg = params.config
+    ids, mask = P.tokenize(cfg, [f"advantage: high. {INSTR}", INSTR])
+    assert ids.shape == (2, 160) and (ids == 900).sum(1).tolist() == [77, 77]
+    assert cfg.tokenizer().decode(ids[:1])[0].endswith(f"advantage: high. {INSTR}<|im_end|>\n<|im_start|>assistant\n")
+    ctx, cmask = P.encode_observation(params, jnp.asarray(frames), jnp.asarray(ids))  # default mask: != pad
+    np.testing.assert_array_equal(np.asarray(cmask), mask)
+    model, _ = qwen3vl.load_pretrained(DIR / "model")
+    pv = np.concatenate([qwen3vl.preprocess_image(qwen3vl.psi0_image(f))[0] for f in frames])
+    ref = qwen3vl.forward(model, ids, mask.astype(np.int32), pv, np.array([[1, 14, 22]] * 2))["last_layer"]
+    assert ctx.shape == (2, 160, 64)
+    err = np.abs(np.asarray(ctx) - np.asarray(ref))[mask].max()
+    assert err <= 1e-5 * max(1.0, float(np.abs(np.asarray(ref)[mask]).max()))
+
+
+def _batch(params, frames, labels=("high", "low")):
+    rng = np.random.default_rng(2)
+    ids, mask = P.tokenize(params.config, [f"advantage: {w}. {INSTR}" for w in labels])
+    uids, umask = P.tokenize(params.config, [INSTR] * len(labels))
+    return {
+        "image": jnp.asarray(frames),
+        "state": jnp.asarray(rng.normal(size=(2, 32)), jnp.float32),
+        "prompt_ids": jnp.asarray(ids),
+        "prompt_mask": jnp.asarray(mask),
+        "uncond_prompt_ids": jnp.asarray(uids),
+        "uncond_prompt_mask": jnp.asarray(umask),
+        "actions": jnp.asarray(rng.normal(size=(2, 30, 36)), jnp.float32),
+        "action_mask": jnp.asarray(np.arange(30)[None] < np.array([[30], [20]])),
+    }
+
+
+def test_sample_loss_and_cached_features(params, frames):
+    batch = _batch(params, frames)
+    chunk = P.sample_actions(params, batch, batch["prompt_ids"], jax.random.key(0))
+    assert chunk.shape == (2, 30, 36) and bool(jnp.isfinite(chunk).all())
+    key = jax.random.key(5)
+    loss, m = P.policy_loss(params, batch, key)
+    # The same step from features: context of the labelled and of the bare prompt, computed once.
+    ctx, cm = P.encode_observation(params, batch["image"], batch["prompt_ids"], batch["prompt_mask"])
+    uctx, ucm = P.encode_observation(params, batch["image"], batch["uncond_prompt_ids"], batch["uncond_prompt_mask"])
+    fb = {k: batch[k] for k in ("state", "actions", "action_mask")}
+    fb |= {"context": ctx, "context_mask": cm, "uncond_context": uctx, "uncond_context_mask": ucm}
+    loss_f, m_f = P.policy_loss(params, fb, key)
+    assert float(m["indicator_dropped"]) == float(m_f["indicator_dropped"])
+    np.testing.assert_allclose(float(loss_f), float(loss), rtol=1e-5)
+    # One gradient step of the expert from cached features; the VLM is frozen (not in the trained set).
+    mask = P.trainable_mask(params)
+    assert not any(jax.tree.leaves(mask.model["encoder"])) and all(jax.tree.leaves(mask.model["expert"]))
+
+    def f(expert):
+        return P.policy_loss(params.replace(model=params.model | {"expert": expert}), fb, key)[0]
+
+    g = jax.jit(jax.grad(f))(params.model["expert"])
+    assert float(sum(jnp.sum(x**2) for x in jax.tree.leaves(g))) > 0
+    with pytest.raises(ValueError, match="uncond_context"):
+        P.policy_loss(params, {k: v for k, v in fb.items() if not k.startswith("uncond")}, key)
+
+
+def test_run_dir_round_trip_and_named_errors(params, frames, tmp_path):
+    run = tmp_path / "run"
+    ck = psi0.export_psi0(params, run, step=10)
+    keys = load_file(str(ck))
+    assert any(k.startswith("action_header.transformer_blocks.") for k in keys)
+    assert "vlm_model.model.language_model.norm.weight" in keys
+    loaded = psi0.load_psi0(run, action_expert="tiny", indicator_dropout=0.3)
+    assert loaded.config == params.config
+    obs = {"state": jnp.asarray(np.random.default_rng(4).normal(size=(2, 32)), jnp.float32), "image": frames}
+    ids, _ = P.tokenize(params.config, [f"advantage: high. {INSTR}"] * 2)
+    want = P.sample_actions(params, obs, jnp.asarray(ids), jax.random.key(7))
+    got = P.sample_actions(loaded, obs, jnp.asarray(ids), jax.random.key(7))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+    # A missing VLM key and a mis-shaped expert key are named, with the file.
+    bad = dict(keys)
+    bad.pop("vlm_model.model.language_model.layers.1.mlp.up_proj.weight")
+    bad["action_header.action_proj_out.linear.weight"] = np.zeros((5, 5), np.float32)
+    (run / "checkpoints" / "ckpt_20").mkdir()
+    save_file(bad, str(run / "checkpoints" / "ckpt_20" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.language_model\.layers\.1\.mlp\.up_proj\.weight") as e:
+        psi0.load_psi0(run, action_expert="tiny")
+    assert "ckpt_20" in str(e.value) and "action_proj_out.linear.weight: file (5, 5)" in str(e.value)
+    bad = dict(keys)
+    bad["action_header.action_proj_out.linear.weight"] = np.zeros((5, 5), np.float32)
+    save_file(bad, str(run / "checkpoints" / "ckpt_20" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"action_proj_out.linear.weight: file \(5, 5\)"):
+        psi0.load_psi0(run, 20, action_expert="tiny")
+    with pytest.raises(ValueError, match="no checkpoint at step 30"):
+        psi0.load_psi0(run, 30, action_expert="tiny")
+    rc = json.loads((run / "run_config.json").read_text())
+    rc["vlm_config"]["text_config"]["num_hidden_layers"] = 4
+    (run / "run_config.json").write_text(json.dumps(rc))
+    with pytest.raises(ValueError, match="num_hidden_layers: 4"):
+        psi0.load_psi0(run, 10, action_expert="tiny")
+    rc.pop("vlm_config")
+    rc["norm_stats"].pop("states")
+    (run / "run_config.json").write_text(json.dumps(rc))
+    with pytest.raises(ValueError, match="no normalisation stats"):
+        psi0.load_psi0(run, 10, action_expert="tiny")
