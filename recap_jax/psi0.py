@@ -249,7 +249,7 @@ def export_psi0(params: P.PolicyParams, run_dir: str | os.PathLike, step: int) -
         raise ValueError(f"export_psi0 needs a Qwen3-VL policy, got encoder {cfg.encoder!r}")
     run_dir = Path(run_dir)
     out = {HEADER_PREFIX + k: jnp.asarray(v) for k, v in convert.export_policy_expert(params).items()}
-    out |= {VLM_PREFIX + k: v for k, v in vlm.hf_tensors(params.model["encoder"]).items()}
+    out |= {VLM_PREFIX + k: jnp.asarray(v) for k, v in vlm.hf_tensors(params.model["encoder"], cfg.encoder).items()}
     path = run_dir / "checkpoints" / f"ckpt_{int(step)}" / "model.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

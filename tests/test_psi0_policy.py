@@ -21,6 +21,9 @@ from recap_jax.models import convert, qwen3vl
 from recap_jax.models import vlm_encoder as vlm
 
 DIR = Path(__file__).parent / "data" / "qwen3vl_tiny"
+encode = jax.jit(P.encode_observation)
+sample = jax.jit(P.sample_actions)
+loss_fn = jax.jit(P.policy_loss)
 INSTR = "bend to pick up the cracker box"
 
 
@@ -91,7 +94,7 @@ def test_prompt_and_encoder_equal_reference(params, frames):
     ids, mask = P.tokenize(cfg, [f"advantage: high. {INSTR}", INSTR])
     assert ids.shape == (2, 160) and (ids == 900).sum(1).tolist() == [77, 77]
     assert cfg.tokenizer().decode(ids[:1])[0].endswith(f"advantage: high. {INSTR}<|im_end|>\n<|im_start|>assistant\n")
-    ctx, cmask = P.encode_observation(params, jnp.asarray(frames), jnp.asarray(ids))  # default mask: != pad
+    ctx, cmask = encode(params, jnp.asarray(frames), jnp.asarray(ids))  # default mask: != pad
     np.testing.assert_array_equal(np.asarray(cmask), mask)
     model, _ = qwen3vl.load_pretrained(DIR / "model")
     pv = np.concatenate([qwen3vl.preprocess_image(qwen3vl.psi0_image(f))[0] for f in frames])
@@ -119,16 +122,16 @@ def _batch(params, frames, labels=("high", "low")):
 
 def test_sample_loss_and_cached_features(params, frames):
     batch = _batch(params, frames)
-    chunk = P.sample_actions(params, batch, batch["prompt_ids"], jax.random.key(0))
+    chunk = sample(params, batch, batch["prompt_ids"], jax.random.key(0))
     assert chunk.shape == (2, 30, 36) and bool(jnp.isfinite(chunk).all())
     key = jax.random.key(5)
-    loss, m = P.policy_loss(params, batch, key)
+    loss, m = loss_fn(params, batch, key)
     # The same step from features: context of the labelled and of the bare prompt, computed once.
-    ctx, cm = P.encode_observation(params, batch["image"], batch["prompt_ids"], batch["prompt_mask"])
-    uctx, ucm = P.encode_observation(params, batch["image"], batch["uncond_prompt_ids"], batch["uncond_prompt_mask"])
+    ctx, cm = encode(params, batch["image"], batch["prompt_ids"], batch["prompt_mask"])
+    uctx, ucm = encode(params, batch["image"], batch["uncond_prompt_ids"], batch["uncond_prompt_mask"])
     fb = {k: batch[k] for k in ("state", "actions", "action_mask")}
     fb |= {"context": ctx, "context_mask": cm, "uncond_context": uctx, "uncond_context_mask": ucm}
-    loss_f, m_f = P.policy_loss(params, fb, key)
+    loss_f, m_f = loss_fn(params, fb, key)
     assert float(m["indicator_dropped"]) == float(m_f["indicator_dropped"])
     np.testing.assert_allclose(float(loss_f), float(loss), rtol=1e-5)
     # One gradient step of the expert from cached features; the VLM is frozen (not in the trained set).
@@ -154,8 +157,8 @@ def test_run_dir_round_trip_and_named_errors(params, frames, tmp_path):
     assert loaded.config == params.config
     obs = {"state": jnp.asarray(np.random.default_rng(4).normal(size=(2, 32)), jnp.float32), "image": frames}
     ids, _ = P.tokenize(params.config, [f"advantage: high. {INSTR}"] * 2)
-    want = P.sample_actions(params, obs, jnp.asarray(ids), jax.random.key(7))
-    got = P.sample_actions(loaded, obs, jnp.asarray(ids), jax.random.key(7))
+    want = sample(params, obs, jnp.asarray(ids), jax.random.key(7))
+    got = sample(loaded, obs, jnp.asarray(ids), jax.random.key(7))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
     # A missing VLM key and a mis-shaped expert key are named, with the file.

@@ -49,13 +49,13 @@ def fingerprint(params) -> dict:
     if not cfg.is_vlm:
         raise ValueError(f"feature caching needs a frozen Qwen3-VL encoder, got {cfg.encoder!r}")
     h = hashlib.sha256()
-    weights = params.model["encoder"]["weights"].get_value()
-    for k in sorted(weights):
-        h.update(k.encode())
-        h.update(np.asarray(jax.device_get(weights[k])).tobytes())
+    leaves = jax.tree_util.tree_flatten_with_path(params.model["encoder"])[0]
+    for path, x in leaves:
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.asarray(jax.device_get(x)).tobytes())
     return {
         "encoder": cfg.encoder,
-        "vlm_dtype": str(weights[sorted(weights)[0]].dtype),
+        "vlm_dtype": str(leaves[0][1].dtype),
         "image_size": list(cfg.image_size),
         "prompt_max_len": cfg.prompt_max_len,
         "tokenizer_path": cfg.tokenizer_path,
@@ -91,8 +91,7 @@ def encode_variants(params, images: np.ndarray, instruction: str, batch_size: in
     cfg = params.config
     texts = [format_prompt(instruction, lab if lab >= 0 else None) for lab in VARIANT_LABELS]
     ids, mask = P.tokenize(cfg, texts)  # [3, L]
-    vlm_dt = params.model["encoder"]["weights"].get_value()
-    dt = next(iter(vlm_dt.values())).dtype
+    dt = jax.tree.leaves(params.model["encoder"])[0].dtype
     q = images.shape[0]
     feats, masks = [], []
     for start in range(0, q, batch_size):

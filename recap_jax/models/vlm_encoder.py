@@ -24,9 +24,9 @@ Presets: ``qwen3vl-2b`` (Qwen3-VL-2B-Instruct, 2,127,532,032 parameters, bf16 we
 tokenizer is a byte-level BPE built in memory (``tiny_tokenizer``) with the template's special tokens
 at the tiny model's ids.
 
-Frozen: the weights are a ``VlmWeights`` variable (a dict keyed by Hugging Face names);
-``policy.trainable_mask`` marks them untrainable and ``policy_loss`` stops gradients at the encoder's
-output.
+Frozen: the weights are ``qwen3vl.Qwen3VL``'s own (frozen: its output stops gradients);
+``policy.trainable_mask`` marks them untrainable and ``policy_loss`` also stops gradients at the
+encoder's output.
 """
 
 from __future__ import annotations
@@ -393,53 +393,34 @@ class PromptTokenizer:
 # ---------------------------------------------------------------------------------------------
 
 
-class VlmWeights(nnx.Variable):
-    """Frozen System-2 weights: {Hugging Face key: array}."""
-
-
-def init_weights(config: dict, key: jax.Array, dtype) -> dict:
-    """Random Qwen3-VL weights for ``config`` (norm scales 1, biases 0, others N(0, 0.02²)); {key: array}."""
-    shapes = qwen3vl.param_shapes(config)
-    keys = jax.random.split(key, len(shapes))
-    out = {}
-    for k, (name, shape) in zip(keys, sorted(shapes.items())):
-        if name.endswith("norm.weight") or "layernorm" in name or name.endswith(("norm1.weight", "norm2.weight")):
-            out[name] = jnp.ones(shape, dtype)
-        elif name.endswith(".bias"):
-            out[name] = jnp.zeros(shape, dtype)
-        else:
-            out[name] = (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
-    return out
-
-
 class Qwen3VLEncoder(nnx.Module):
     """System-2 = frozen Qwen3-VL: (frames, prompt ids, mask) → (``last_layer`` [B, L, D], mask [B, L]).
 
-    Args: preset (``VLM_PRESETS`` name), image_size (H, W) of the frames, dtype (weights; "" = the
-    preset's), rngs (random weights; ``load_psi0`` / ``load_vlm_weights`` replace them).
+    Args: preset (``VLM_PRESETS`` name), image_size (H, W) of the frames, dtype (weights and compute;
+    "" = the preset's), rngs (random weights; ``psi0.load_psi0`` / ``psi0.with_vlm_weights`` replace
+    them). The model is ``self.vlm``, a ``qwen3vl.Qwen3VL`` (frozen: its output stops gradients).
     """
 
     def __init__(self, preset: str, image_size: tuple[int, int], dtype: str, rngs: nnx.Rngs):
         vp = VLM_PRESETS[preset]
         self.preset = preset
-        self.dtype = dtype or vp.dtype
         self.out_dim = vp.hidden
         self.plan = image_plan(*image_size)
-        self.weights = VlmWeights(init_weights(vp.config, rngs.params(), jnp.dtype(self.dtype)))
+        dt = jnp.dtype(dtype or vp.dtype)
+        self.vlm = qwen3vl.Qwen3VL(vp.config, dtype=dt, param_dtype=dt, frozen=True, rngs=rngs)
 
     def __call__(
         self, images: jax.Array, prompt_ids: jax.Array, prompt_mask: jax.Array, *, dropout_key: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array]:
         """u8 [B, H, W, 3], i32 [B, L] (``PromptTokenizer`` ids: ``plan.num_tokens`` image tokens per row),
-        bool [B, L] → (float32 [B, L, D] the last layer's states before the final norm, bool [B, L])."""
+        bool [B, L] → (float32 [B, L, D] the last layer's states before the final norm, bool [B, L]).
+        Traceable (the image grid is static)."""
         del dropout_key
         b = images.shape[0]
         if prompt_ids.shape != prompt_mask.shape or prompt_ids.shape[0] != b:
             raise ValueError(f"prompt_ids {prompt_ids.shape} and prompt_mask {prompt_mask.shape} must be [{b}, L]")
         pixels = device_pixels(images, self.plan)
-        grid = np.tile(np.asarray(self.plan.grid, np.int64), (b, 1))
-        model = qwen3vl.Qwen3VL(VLM_PRESETS[self.preset].config, self.weights.get_value())
-        out = qwen3vl.forward(model, prompt_ids, prompt_mask.astype(jnp.int32), pixels, grid)
+        out = self.vlm(prompt_ids, prompt_mask.astype(jnp.int32), pixels, (self.plan.grid,) * b)
         return out["last_layer"].astype(jnp.float32), prompt_mask.astype(bool)
 
 
@@ -477,16 +458,19 @@ def check_hf_tensors(preset: str, tensors: dict, where: str) -> dict:
 
 
 def encoder_state_with_weights(encoder_state: nnx.State, preset: str, dtype: str, tensors: dict, where: str):
-    """A copy of the encoder's ``nnx.State`` holding ``tensors`` ({HF key: array}, checked and cast to
-    ``dtype``)."""
+    """A copy of the encoder's ``nnx.State`` holding ``tensors`` ({HF key: array}, checked, cast to
+    ``dtype``; "" = the preset's)."""
     tensors = check_hf_tensors(preset, tensors, where)
     dt = jnp.dtype(dtype or VLM_PRESETS[preset].dtype)
-    weights = {k: jnp.asarray(np.asarray(v, np.float32) if v.dtype != dt else v, dt) for k, v in tensors.items()}
+    model = qwen3vl.from_hf(VLM_PRESETS[preset].config, tensors, dt, dt, where)
     out = jax.tree.map(lambda x: x, encoder_state)
-    out["weights"] = VlmWeights(weights)
+    out["vlm"] = nnx.state(model)
     return out
 
 
-def hf_tensors(encoder_state: nnx.State) -> dict:
-    """The encoder's weights as {HF key: jax array} (its dtype; no tied lm_head)."""
-    return dict(encoder_state["weights"].get_value())
+def hf_tensors(encoder_state: nnx.State, preset: str) -> dict:
+    """The encoder's weights as {HF key: numpy array} (their dtype; no tied lm_head)."""
+    leaf = jax.tree.leaves(encoder_state["vlm"])[0]
+    dt = leaf.dtype
+    graphdef, _ = nnx.split(qwen3vl.abstract_model(VLM_PRESETS[preset].config, dt, dt))
+    return qwen3vl.to_hf(nnx.merge(graphdef, encoder_state["vlm"]))
