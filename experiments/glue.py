@@ -96,6 +96,15 @@ def policy_config(cfg: StudyConfig, indicator_dropout: float = 0.0):
     )
 
 
+def system2_description(cfg: StudyConfig) -> str:
+    """Which System-2 the study's policy uses (for provenance)."""
+    pcfg = policy_config(cfg)
+    if pcfg.is_vlm:
+        src = pcfg.vlm_path or "random weights (no policy.vlm_path)"
+        return f"Qwen3-VL preset {pcfg.encoder}, frozen, features cached per image and prompt variant; weights: {src}"
+    return f"ViT encoder preset {pcfg.encoder!r} (trained with the expert; a stand-in for Ψ0's Qwen3-VL-2B)"
+
+
 def value_config(cfg: StudyConfig):
     from recap_jax.value_training import ValueTrainConfig
 
@@ -170,6 +179,13 @@ def train_policy(
     opt_cfg = optimizer_config(settings, num_steps)
     tx = T.make_optimizer(opt_cfg)
     store = EpisodeStore(store_root)
+    feature_annotation = None
+    if pcfg.is_vlm:  # frozen Qwen3-VL (the whole Ψ0): train the expert from cached System-2 features
+        from recap_jax.data import features
+
+        features.write_feature_cache(store, params0)
+        features.check_feature_cache(store, params0)
+        feature_annotation = features.DEFAULT_NAME
     loader_cfg = LoaderConfig(
         batch_size=batch,
         horizon=pcfg.chunk,
@@ -178,6 +194,7 @@ def train_policy(
         label_annotation=label_annotation,
         emit_uncond=pcfg.indicator_dropout > 0,
         kinds=kinds,
+        feature_annotation=feature_annotation,
     )
     keep = max(1, math.ceil(num_steps / save_every)) + 1
     ckpt = T.Checkpointer(out_dir, max_to_keep=keep)
@@ -190,7 +207,10 @@ def train_policy(
         T.make_train_step(policy.policy_loss, tx, lr_schedule=T.learning_rate_schedule(opt_cfg)), shardings, mesh
     )
     loop = T.LoopConfig(num_steps=num_steps, log_every=settings.log_every, save_every=save_every, progress=progress)
-    with WindowLoader(store, loader_cfg, mesh=mesh) as loader, T.MetricWriter(Path(out_dir) / "logs") as writer:
+    with (
+        WindowLoader(store, loader_cfg, mesh=mesh, tokenizer=pcfg.tokenizer()) as loader,
+        T.MetricWriter(Path(out_dir) / "logs") as writer,
+    ):
         if position:
             loader.load_state_dict(position)
         state, history = T.train(state, step_fn, loader, loop, checkpointer=ckpt, writer=writer, assets=dict(assets))

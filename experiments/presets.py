@@ -366,7 +366,31 @@ PAPER = StudyConfig(
     budget="paper scale: SFT 40k + RECAP 40k + BC-all 40k steps at batch 128; 500 + 5x500 episodes of 600 steps",
 )
 
-PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, CPU, CPU_LONG, GPU, PAPER)}
+# ---- psi0: the paper's study with the whole Ψ0 (frozen Qwen3-VL-2B System-2 + Ψ0's 490M expert) ------
+# Needs the Qwen3-VL-2B-Instruct directory (tokenizer + weights) as policy.vlm_path, e.g.
+# override(PSI0, policy=PSI0.policy + (("vlm_path", "/ckpt/Qwen3-VL-2B-Instruct"),)). The expert trains
+# from the frozen VLM's cached features (recap_jax.data.features; one VLM pass per stored image and
+# prompt variant); memory: benchmarks/RESULTS.md § psi0_memory. The tiny variant (qwen3vl-tiny + tiny)
+# is exercised on CPU in tests/test_psi0_policy.py.
+PSI0 = dataclasses.replace(
+    PAPER,
+    name="psi0",
+    description="the paper's study with the whole Ψ0 as policy: frozen Qwen3-VL-2B + Ψ0's expert (GPU scale)",
+    env=dataclasses.replace(PAPER.env, image_size=(180, 320)),  # Ψ0's view (→ 192×320 → 77 visual tokens)
+    policy=(
+        ("encoder", "qwen3vl-2b"),
+        ("action_expert", "psi0"),
+        ("dtype", "bfloat16"),
+        ("prompt_max_len", 160),
+        ("loss_reduction", "psi0"),
+        ("rtc_max_delay", 8),
+    ),
+    value=(("backbone", "system2"),),  # mean-pooled frozen Qwen3-VL features of the bare prompt
+    finetune=dataclasses.replace(PAPER.finetune, indicator_dropout=0.3),
+    budget="paper scale with Ψ0's 2.6 B-parameter policy; one 80 GB GPU (benchmarks/RESULTS.md § psi0_memory)",
+)
+
+PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, CPU, CPU_LONG, GPU, PAPER, PSI0)}
 
 
 def get_preset(name: str) -> StudyConfig:

@@ -134,6 +134,7 @@ def run_study(cfg: StudyConfig, out: Path) -> dict:
         **prov,
         "physics": describe_physics(glue.make_env(cfg).mj_model),
         "deviations": deviations(cfg),
+        "system2": glue.system2_description(cfg),
         # Ψ0's sampler grid (1, 0.889, …, 0.112, 0.001, 0) and normalisation since issue 16; results made
         # before it used the uniform grid and clipped un-normalisation.
         "sampler": "psi0 flow-match Euler grid (diffusers, 1000 train steps, no shift)",

@@ -118,6 +118,10 @@ def train_sft(cfg: StudyConfig, out: Path) -> dict:
     pcfg = glue.policy_config(cfg)
     norm = demo_norm_stats(cfg, demos)
     params0 = policy.init_policy(pcfg, jax.random.key(cfg.seed), norm)
+    if pcfg.is_vlm and pcfg.vlm_path:  # the whole Ψ0: the frozen Qwen3-VL's pretrained weights
+        from recap_jax import psi0
+
+        params0 = psi0.with_vlm_weights(params0, pcfg.vlm_path)
     every, _ = save_steps(cfg)
     params, history = glue.train_policy(
         params0=params0,

@@ -53,8 +53,10 @@ class PolicyConfig:
         any size for Qwen3-VL, whose image path (``vlm_encoder.image_plan``) resizes it on device).
       prompt_max_len: L of the tokenised prompts (``ByteTokenizer(max_len=L)``, or Qwen3-VL's template ids
         with the frame's visual tokens: ≥ 77 + the text).
-      tokenizer_path: Qwen3-VL only: the checkpoint directory holding tokenizer.json ("" = the in-memory
-        tiny tokenizer of "qwen3vl-tiny"; "qwen3vl-2b" needs one to tokenize).
+      vlm_path: Qwen3-VL only: the Hugging Face checkpoint directory of the VLM (tokenizer.json with its
+        chat template; config.json + weights, which ``psi0.with_vlm_weights`` loads). "" = the in-memory
+        tiny tokenizer of "qwen3vl-tiny"; "qwen3vl-2b" needs one to tokenize. A Ψ0 run
+        (``psi0.load_psi0``) supplies the weights but not the tokenizer.
       vlm_dtype: Qwen3-VL weight/compute dtype ("" = the preset's: bf16 for the 2B, float32 for the tiny).
       chunk: H, actions per chunk (30). execute: Ta, actions executed per query (24).
       action_dim / state_dim: 36 / 32 (the state is zero-padded to ``action_dim``).
@@ -102,7 +104,7 @@ class PolicyConfig:
     rtc_max_delay: int = 0
     loss_reduction: str = "mean"
     mask_padded_keys: bool = False
-    tokenizer_path: str = ""
+    vlm_path: str = ""
     vlm_dtype: str = ""
 
     def __post_init__(self):
@@ -186,7 +188,7 @@ class PolicyConfig:
         template of [frame, text] for a VLM encoder."""
         if self.is_vlm:
             n = vlm.image_plan(*self.image_size).num_tokens
-            return vlm.PromptTokenizer(self.encoder, self.tokenizer_path, self.prompt_max_len, n)
+            return vlm.PromptTokenizer(self.encoder, self.vlm_path, self.prompt_max_len, n)
         return ByteTokenizer(max_len=self.prompt_max_len)
 
 

@@ -215,7 +215,7 @@ def load_psi0(
       action_expert: the expert preset the file holds ("psi0"; "tiny" for the test-sized run).
       vlm_config: where the VLM config comes from when the run does not hold one (preset name, dict,
         config.json or its directory).
-      config_overrides: further ``PolicyConfig`` fields (e.g. ``tokenizer_path``, ``rtc``, ``chunk``);
+      config_overrides: further ``PolicyConfig`` fields (e.g. ``vlm_path``, ``rtc``, ``chunk``);
         ``image_size`` defaults to (180, 320) and ``prompt_max_len`` to 160.
 
     Returns: ``PolicyParams`` with ``config.encoder`` the matched Qwen3-VL preset.

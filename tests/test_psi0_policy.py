@@ -187,3 +187,78 @@ def test_run_dir_round_trip_and_named_errors(params, frames, tmp_path):
     (run / "run_config.json").write_text(json.dumps(rc))
     with pytest.raises(ValueError, match="no normalisation stats"):
         psi0.load_psi0(run, 10, action_expert="tiny")
+
+
+def test_feature_cache_store_loader_and_train_step(params, frames, tmp_path):
+    from recap_jax.data import EpisodeStore, LoaderConfig, WindowLoader
+    from recap_jax.data import features as F
+    from recap_jax.data.store import Episode
+
+    rng = np.random.default_rng(6)
+    store = EpisodeStore(tmp_path / "store", create=True)
+    eps = [
+        Episode(
+            episode_id=i,
+            states=rng.normal(size=(40, 32)).astype(np.float32),
+            actions=rng.normal(size=(40, 36)).astype(np.float32),
+            image_steps=np.array([0, 24], np.int32),
+            images=frames if i == 0 else frames[::-1],
+            prompt=INSTR,
+            success=bool(i),
+            n_steps=40,
+        )
+        for i in range(2)
+    ]
+    store.append(eps)
+    store.write_annotation("label", {0: np.array([1, 0], np.int8), 1: np.array([-1, 1], np.int8)})
+    side = F.write_feature_cache(store, params, batch_size=2)
+    assert side["instructions"] == {"0": INSTR, "1": INSTR}
+    F.check_feature_cache(store, params)
+    # The cache equals the VLM on the fly, for every (image, variant).
+    feats, masks = store.read_annotation(F.DEFAULT_NAME), store.read_annotation(F.DEFAULT_NAME + "_mask")
+    texts = [f"advantage: high. {INSTR}", f"advantage: low. {INSTR}", INSTR]
+    ids, _ = P.tokenize(params.config, texts)
+    for e in eps:
+        ctx, cm = encode(params, jnp.asarray(np.repeat(e.images, 3, 0)), jnp.asarray(np.tile(ids, (2, 1))))
+        np.testing.assert_array_equal(F.from_storage(feats[e.episode_id]), np.asarray(ctx).reshape(2, 3, 160, 64))
+        np.testing.assert_array_equal(masks[e.episode_id], np.asarray(cm).reshape(2, 3, 160))
+    # Resumable: a second call computes nothing new; other VLM weights are refused by the check.
+    before = (store.root / "annotations" / f"{F.DEFAULT_NAME}.npz").stat().st_mtime_ns
+    F.write_feature_cache(store, params)
+    assert (store.root / "annotations" / f"{F.DEFAULT_NAME}.npz").stat().st_mtime_ns == before
+    other = params.replace(model=params.model | {"encoder": jax.tree.map(lambda x: x * 1.01, params.model["encoder"])})
+    with pytest.raises(ValueError, match="weights_sha256"):
+        F.check_feature_cache(store, other)
+    # The loader reads the cache (variant by label) and a train step of the expert runs from it.
+    cfg = LoaderConfig(batch_size=4, label_annotation="label", emit_uncond=True, feature_annotation=F.DEFAULT_NAME)
+    loader = WindowLoader(store, cfg, prefetch=0)
+    b = loader.host_batch(0, 0)
+    assert "image" not in b and "prompt_ids" not in b and b["context"].shape == (4, 160, 64)
+    for row in range(4):
+        eid, t = next(
+            (e.episode_id, list(e.image_steps).index(int(b["t"][row])))
+            for e in eps
+            if np.array_equal(e.states[int(b["t"][row])], b["state"][row])
+        )
+        label = {0: [1, 0], 1: [-1, 1]}[eid][t]
+        v = {1: 0, 0: 1, -1: 2}[label]
+        np.testing.assert_array_equal(b["context"][row], F.from_storage(feats[eid][t, v]))
+        np.testing.assert_array_equal(b["uncond_context"][row], F.from_storage(feats[eid][t, 2]))
+    loss, _ = loss_fn(params, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(0))
+    assert np.isfinite(float(loss))
+
+
+def test_psi0_study_preset():
+    from experiments import glue
+    from experiments.presets import get_preset, override
+
+    cfg = get_preset("psi0")
+    pcfg = glue.policy_config(cfg)
+    assert (pcfg.encoder, pcfg.action_expert, pcfg.image_size, pcfg.execute) == ("qwen3vl-2b", "psi0", (180, 320), 24)
+    assert cfg.finetune.indicator_dropout == 0.3 and cfg.finetune.batch_size == 128
+    a = P.abstract_policy(pcfg)
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(a.model)) == 2_127_532_032 + 490_039_128
+    assert "Qwen3-VL preset qwen3vl-2b" in glue.system2_description(cfg)
+    tiny = override(cfg, policy=(("encoder", "qwen3vl-tiny"), ("action_expert", "tiny"), ("prompt_max_len", 160)))
+    assert glue.policy_config(tiny).tokenizer().encode(INSTR)[0].shape == (1, 160)
+    assert "ViT" in glue.system2_description(get_preset("smoke"))

@@ -21,6 +21,7 @@ of the stored, unaugmented images only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 
@@ -58,7 +59,7 @@ def fingerprint(params) -> dict:
         "vlm_dtype": str(leaves[0][1].dtype),
         "image_size": list(cfg.image_size),
         "prompt_max_len": cfg.prompt_max_len,
-        "tokenizer_path": cfg.tokenizer_path,
+        "vlm_path": cfg.vlm_path,
         "weights_sha256": h.hexdigest(),
     }
 
@@ -78,11 +79,18 @@ def from_storage(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
+@functools.cache
+def _encode():
+    from recap_jax import policy as P
+
+    return jax.jit(P.encode_observation)
+
+
 def encode_variants(params, images: np.ndarray, instruction: str, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """System-2 features of frames under the three prompt variants.
 
     Args: params (a Qwen3-VL ``PolicyParams``), images uint8 [Q, H, W, 3], the bare instruction,
-    batch_size (frames per VLM call).
+    batch_size (frames per VLM call; the last call is padded to it, so one compiled shape).
 
     Returns: (features [Q, 3, L, C] in storage form (float32, or uint16 bf16 bits), mask bool [Q, 3, L]).
     """
@@ -97,13 +105,16 @@ def encode_variants(params, images: np.ndarray, instruction: str, batch_size: in
     for start in range(0, q, batch_size):
         img = np.asarray(images[start : start + batch_size])
         n = img.shape[0]
+        if q > batch_size and n < batch_size:
+            img = np.concatenate([img, np.repeat(img[-1:], batch_size - n, axis=0)])
+        k = img.shape[0]
         rep = np.repeat(img, 3, axis=0)  # frame-major: [f0 high, f0 low, f0 bare, f1 high, ...]
-        tok = np.tile(ids, (n, 1))
-        msk = np.tile(mask, (n, 1))
-        ctx, cm = P.encode_observation(params, jnp.asarray(rep), jnp.asarray(tok), jnp.asarray(msk))
+        tok = np.tile(ids, (k, 1))
+        msk = np.tile(mask, (k, 1))
+        ctx, cm = _encode()(params, jnp.asarray(rep), jnp.asarray(tok), jnp.asarray(msk))
         ctx = ctx.astype(dt)  # the VLM's own precision (float32 for a float32 VLM)
-        feats.append(_to_storage(ctx).reshape(n, 3, *ctx.shape[1:]))
-        masks.append(np.asarray(cm).reshape(n, 3, -1))
+        feats.append(_to_storage(ctx).reshape(k, 3, *ctx.shape[1:])[:n])
+        masks.append(np.asarray(cm).reshape(k, 3, -1)[:n])
     return np.concatenate(feats), np.concatenate(masks)
 
 

@@ -346,12 +346,12 @@ def load_tokenizer(path: str):
 class PromptTokenizer:
     """Texts → Qwen3-VL prompt ids of [frame, text] (``qwen3vl.prompt_ids``), right-padded to ``max_len``.
 
-    Attributes: preset (encoder preset name), tokenizer_path ("" = the tiny in-memory tokenizer; the
+    Attributes: preset (encoder preset name), vlm_path ("" = the tiny in-memory tokenizer; the
     2B needs its checkpoint directory), max_len (L), num_image_tokens (``image_plan(...).num_tokens``).
     """
 
     preset: str
-    tokenizer_path: str
+    vlm_path: str
     max_len: int
     num_image_tokens: int
 
@@ -360,12 +360,10 @@ class PromptTokenizer:
         return VLM_PRESETS[self.preset].pad_id
 
     def hf(self):
-        if self.tokenizer_path:
-            return load_tokenizer(self.tokenizer_path)
+        if self.vlm_path:
+            return load_tokenizer(self.vlm_path)
         if self.preset != "qwen3vl-tiny":
-            raise ValueError(
-                f"encoder {self.preset!r} needs PolicyConfig.tokenizer_path (the Qwen3-VL checkpoint directory)"
-            )
+            raise ValueError(f"encoder {self.preset!r} needs PolicyConfig.vlm_path (the Qwen3-VL checkpoint directory)")
         return tiny_tokenizer()
 
     def encode(self, texts) -> tuple[np.ndarray, np.ndarray]:
