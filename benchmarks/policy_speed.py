@@ -168,6 +168,134 @@ def bench_vlm(reps: int) -> dict:
     return {"sec": sec, "first_s": first, "tokens": ids.shape[1]}
 
 
+SECTION_PSI0 = "policy_speed_psi0"
+
+
+def bench_full_psi0(encoder: str, expert: str, batches: tuple[int, int], train_batch: int, reps: int) -> dict:
+    """The whole Ψ0 through the policy API (random weights; speed only): ``sample_actions`` = Ψ0's image
+    path on device + the VLM once + 10 expert steps, at batch 1 and a throughput batch; one AdamW train
+    step (``train.make_train_step(policy_loss)``, bf16 compute on GPU) from cached features
+    (``context`` [B, L, C] of the labelled and bare prompts, indicator dropout 0.3)."""
+    import numpy as np
+
+    from recap_jax import policy as P
+    from recap_jax import train as T
+
+    on_gpu = jax.default_backend() == "gpu"
+    dt = "bfloat16" if on_gpu else "float32"
+    cfg = P.PolicyConfig(
+        encoder=encoder,
+        action_expert=expert,
+        image_size=(180, 320),
+        prompt_max_len=160,
+        dtype=dt,
+        indicator_dropout=0.3,
+        loss_reduction="psi0",
+    )
+    params = P.init_policy(cfg, 0)
+    ids = jnp.asarray(np.full((1, cfg.prompt_max_len), cfg.pad_id, np.int32))
+    n_img = cfg.tokenizer().num_image_tokens if encoder == "qwen3vl-tiny" else None
+    if encoder == "qwen3vl-tiny":
+        ids = jnp.asarray(cfg.tokenizer().encode("advantage: high. bend to pick up the cracker box")[0])
+    else:  # no tokenizer without the checkpoint directory: the template's layout with made-up text ids
+        row = np.full(cfg.prompt_max_len, cfg.pad_id, np.int32)
+        n_img = 77
+        body = [151644, 872, 198, 151652] + [151655] * n_img + [151653] + list(range(1000, 1012)) + [151645, 198]
+        body += [151644, 77091, 198]
+        row[: len(body)] = body
+        ids = jnp.asarray(row[None])
+    sample = jax.jit(P.sample_actions)
+    out = {"params": sum(int(x.size) for x in jax.tree.leaves(params.model)), "sample": {}}
+    rng = np.random.default_rng(0)
+    for b in batches:
+        obs = {
+            "state": jnp.asarray(rng.normal(size=(b, 32)), jnp.float32),
+            "image": jnp.asarray(rng.integers(0, 256, (b, 180, 320, 3), dtype=np.uint8)),
+        }
+        first, sec = _time(sample, params, obs, jnp.repeat(ids, b, 0), jax.random.key(1), reps=reps)
+        out["sample"][b] = {"sec": sec, "compile_s": first}
+    tx = T.make_optimizer(T.OptimizerConfig.psi0())
+    state = T.TrainState.create(params, tx, jax.random.PRNGKey(0), mask=P.trainable_mask)
+    step = jax.jit(
+        T.make_train_step(P.policy_loss, tx, compute_dtype=jnp.bfloat16 if on_gpu else None), donate_argnums=(0,)
+    )
+    b, L, C = train_batch, cfg.prompt_max_len, P.vlm.VLM_PRESETS[encoder].hidden
+    ctx_dt = jnp.bfloat16 if on_gpu else jnp.float32
+    batch = {
+        "context": jnp.asarray(rng.normal(size=(b, L, C)), ctx_dt),
+        "context_mask": jnp.asarray(np.arange(L)[None] < 100).repeat(b, 0),
+        "uncond_context": jnp.asarray(rng.normal(size=(b, L, C)), ctx_dt),
+        "uncond_context_mask": jnp.asarray(np.arange(L)[None] < 90).repeat(b, 0),
+        "state": jnp.asarray(rng.normal(size=(b, 32)), jnp.float32),
+        "actions": jnp.asarray(rng.normal(size=(b, 30, 36)), jnp.float32),
+        "action_mask": jnp.ones((b, 30), bool),
+    }
+    t0 = time.perf_counter()
+    state, m = jax.block_until_ready(step(state, batch))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state, m = jax.block_until_ready(step(state, batch))
+        times.append(time.perf_counter() - t0)
+    out["train"] = {
+        "sec": statistics.median(times),
+        "compile_s": first,
+        "flops": 3 * expert_forward_flops(cfg.expert_config(), b, L),
+        "loss": float(m["loss"]),
+    }
+    return out
+
+
+def main_psi0(args, on_gpu: bool) -> str:
+    """Rows of the whole Ψ0 (System-2 + System-1) → section ``policy_speed_psi0``."""
+    enc, exp = ("qwen3vl-2b", "psi0") if on_gpu else ("qwen3vl-tiny", "tiny")
+    thr = 64 if on_gpu else 8
+    tb = 128 if on_gpu else 16
+    r = bench_full_psi0(enc, exp, (1, thr), tb, args.reps)
+    rows = []
+    for b, x in r["sample"].items():
+        rows.append(
+            [
+                f"{enc} + {exp}",
+                f"{r['params']:,}",
+                b,
+                f"{1e3 * x['sec']:.1f}",
+                f"{b / x['sec']:.1f}",
+                f"{x['compile_s']:.1f}",
+            ]
+        )
+    t = r["train"]
+    tflops = t["flops"] / t["sec"] / 1e12
+    mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if args.peak_tflops > 0 else "n/a (CPU)"
+    train_rows = [
+        [f"{enc} + {exp} (expert trained)", tb, f"{1e3 * t['sec']:.1f}", f"{tflops:.3f}", mfu, f"{t['compile_s']:.1f}"]
+    ]
+    if not on_gpu:
+        pending = "pending (no GPU in this session)"
+        rows += [["qwen3vl-2b + psi0 (H100/H200)", "2,617,571,160", b, pending, "", ""] for b in (1, 64)]
+        train_rows.append(["qwen3vl-2b + psi0 (H100/H200)", 128, pending, "", "", ""])
+    body = "\n\n".join(
+        [
+            f"Machine: {machine_description()}; load average {os.getloadavg()[0]:.1f} (shared machine: CPU numbers "
+            "are rough). The whole Ψ0 through the policy API (random weights), frames 180×320 → 77 visual tokens, "
+            "prompts of 160 tokens.",
+            "### One chunk: image path on device + VLM once + 10 expert steps (`sample_actions`)",
+            markdown_table(["policy", "params", "batch", "ms / chunk", "chunks / s", "compile s"], rows),
+            "### Training step from cached features (`make_train_step(policy_loss)`, AdamW on the expert only)",
+            markdown_table(
+                ["policy", "batch", "ms / step", "TFLOP/s (expert model FLOPs)", "MFU", "compile s"], train_rows
+            ),
+            f"Anchors: π0 {PI0_4090_MS:.0f} ms per chunk on an RTX 4090; H100 bf16 {H100_BF16_TFLOPS:.0f} TFLOP/s. "
+            "Goals: ≤ 40 ms per chunk at batch 1 on an H100; ≥ 40% MFU for the expert's training step. "
+            "GPU rerun: `python -m benchmarks.policy_speed --psi0-only`.",
+        ]
+    )
+    if not args.no_write:
+        write_section(SECTION_PSI0, body)
+    return body
+
+
 def main(argv: list[str] | None = None) -> str:
     on_gpu = jax.default_backend() == "gpu"
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -182,7 +310,11 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--reps", type=int, default=20 if on_gpu else 3)
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS if on_gpu else 0.0)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--psi0-only", action="store_true", help="only the whole-Ψ0 rows (section policy_speed_psi0)")
+    p.add_argument("--skip-psi0", action="store_true", help="skip the whole-Ψ0 rows")
     args = p.parse_args(argv)
+    if args.psi0_only:
+        return main_psi0(args, on_gpu)
     presets = [x for x in args.presets.split(",") if x]
     train_presets = [x for x in args.train_presets.split(",") if x]
 
@@ -252,6 +384,8 @@ def main(argv: list[str] | None = None) -> str:
     )
     if not args.no_write:
         write_section(SECTION, body)
+    if not args.skip_psi0:
+        body += "\n\n" + main_psi0(args, on_gpu)
     return body
 
 

@@ -119,33 +119,41 @@ def encode_variants(params, images: np.ndarray, instruction: str, batch_size: in
 
 
 def write_feature_cache(
-    store: EpisodeStore, params, *, name: str = DEFAULT_NAME, batch_size: int = 8, episode_ids=None
+    store: EpisodeStore,
+    params,
+    *,
+    name: str = DEFAULT_NAME,
+    batch_size: int = 8,
+    episode_ids=None,
+    flush_every: int = 16,
 ) -> dict:
     """Computes and stores the features of every imaged step of the store's episodes (or ``episode_ids``),
-    once: episodes already cached under the same fingerprint are skipped (resumable; written per episode,
-    atomically). A cache with another fingerprint is replaced. Returns the sidecar dict."""
+    once: episodes already cached under the same fingerprint and instruction are skipped (resumable). A
+    cache with another fingerprint is replaced. Written atomically every ``flush_every`` episodes (each
+    write rewrites the annotation file, so fewer, larger flushes cost less I/O). Returns the sidecar dict.
+    """
     fp = fingerprint(params)
     side_path = store.root / ANNOTATIONS_DIR / f"{name}.json"
     side = json.loads(side_path.read_text()) if side_path.exists() else None
-    if side is None or side.get("fingerprint") != fp:
+    replace = side is None or side.get("fingerprint") != fp
+    if replace:
         side = {"fingerprint": fp, "variants": list(VARIANTS), "instructions": {}}
-        replace = True
-    else:
-        replace = False
+    cached = set() if replace else _cached_ids(store, name)
     ids = store.episode_ids() if episode_ids is None else [int(e) for e in episode_ids]
-    for ep in store.load(ids):
-        key = str(ep.episode_id)
-        if not replace and side["instructions"].get(key) == ep.prompt and ep.episode_id in _cached_ids(store, name):
-            continue
-        if ep.image_steps.size == 0:
-            continue
-        f, m = encode_variants(params, ep.images, ep.prompt, batch_size)
-        store.write_annotation(name, {ep.episode_id: f}, replace=replace)
-        store.write_annotation(f"{name}_mask", {ep.episode_id: m}, replace=replace)
-        replace = False
-        side["instructions"][key] = ep.prompt
-        atomic_write_bytes(side_path, json.dumps(side, indent=1).encode())
+    todo = [e for e in ids if not (e in cached and side["instructions"].get(str(e)) is not None)]
     side_path.parent.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(todo), max(1, flush_every)):
+        feats, masks = {}, {}
+        for ep in store.load(todo[start : start + flush_every]):
+            if ep.image_steps.size == 0:
+                continue
+            feats[ep.episode_id], masks[ep.episode_id] = encode_variants(params, ep.images, ep.prompt, batch_size)
+            side["instructions"][str(ep.episode_id)] = ep.prompt
+        if feats:
+            store.write_annotation(name, feats, replace=replace)
+            store.write_annotation(f"{name}_mask", masks, replace=replace)
+            replace = False
+            atomic_write_bytes(side_path, json.dumps(side, indent=1).encode())
     atomic_write_bytes(side_path, json.dumps(side, indent=1).encode())
     return side
 
