@@ -11,7 +11,7 @@ from experiments import presets
 
 
 def test_presets_are_frozen_and_named():
-    assert set(presets.PRESETS) == {"smoke", "cpu", "cpu_long", "gpu", "paper"}
+    assert set(presets.PRESETS) == {"smoke", "cpu", "cpu_long", "gpu", "paper", "psi0"}
     for name, cfg in presets.PRESETS.items():
         assert cfg.name == name and cfg.budget
         with pytest.raises(dataclasses.FrozenInstanceError):
