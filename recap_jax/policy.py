@@ -298,8 +298,9 @@ class NormStats:
     def identity(cls, state_dim: int = 32, action_dim: int = 36) -> NormStats:
         """Identity statistics: actions pass through (max = min); states have bounds −1, 1 (Ψ0's state
         rule maps constant dims to 0, so the identity there is min−max = [−1, 1])."""
-        za = jnp.zeros(action_dim, jnp.float32)
-        return cls(-jnp.ones(state_dim, jnp.float32), jnp.ones(state_dim, jnp.float32), za, za)
+        # Two separate zero arrays: one buffer in two leaves cannot be donated (train steps donate the state).
+        za, zb = jnp.zeros(action_dim, jnp.float32), jnp.zeros(action_dim, jnp.float32)
+        return cls(-jnp.ones(state_dim, jnp.float32), jnp.ones(state_dim, jnp.float32), za, zb)
 
 
 def normalize(x: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:

@@ -262,3 +262,9 @@ def test_psi0_study_preset():
     tiny = override(cfg, policy=(("encoder", "qwen3vl-tiny"), ("action_expert", "tiny"), ("prompt_max_len", 160)))
     assert glue.policy_config(tiny).tokenizer().encode(INSTR)[0].shape == (1, 160)
     assert "ViT" in glue.system2_description(get_preset("smoke"))
+
+
+def test_identity_norm_stats_have_distinct_buffers():
+    """A train step donates its state; one buffer in two leaves (identity's action min/max) cannot be donated."""
+    leaves = jax.tree.leaves(P.NormStats.identity())
+    assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves) == 4
