@@ -38,9 +38,10 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from .config import head_dim, tied
+from .names import flat, values_from_hf
 
 Grid = tuple[tuple[int, int, int], ...]
 _NEG = -1e30  # masked attention logit (float32)
@@ -434,14 +435,46 @@ class Qwen3VL(nnx.Module):
     for jit). `dtype` is the compute dtype, `param_dtype` the parameter dtype.
     """
 
-    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=None, frozen: bool = True, rngs: nnx.Rngs):
-        param_dtype = param_dtype or dtype
+    def __init__(
+        self,
+        config: dict,
+        params: dict | None = None,
+        *,
+        dtype=None,
+        param_dtype=None,
+        frozen: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """Random weights from `rngs`, or `params` = {Hugging Face key: array} (numpy or jax, traceable;
+        keys as `param_shapes(config)`, not checked here: `from_hf` checks). dtype defaults to the
+        params' dtype (else float32), param_dtype to dtype."""
+        if params is not None:
+            dtype = dtype or jnp.result_type(next(iter(params.values())))
+        dtype = jnp.dtype(dtype or jnp.float32)
+        param_dtype = jnp.dtype(param_dtype or dtype)
         tc, vc = config["text_config"], config["vision_config"]
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.visual = VisionModel(vc, **kw)
-        self.language_model = TextModel(tc, **kw)
-        if not tied(config):
-            self.lm_head = nnx.Linear(tc["hidden_size"], tc["vocab_size"], use_bias=False, **kw)
+
+        def build(r):
+            kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=r)
+            parts = {"visual": VisionModel(vc, **kw), "language_model": TextModel(tc, **kw)}
+            if not tied(config):
+                parts["lm_head"] = nnx.Linear(tc["hidden_size"], tc["vocab_size"], use_bias=False, **kw)
+            return parts
+
+        if params is None:
+            if rngs is None:
+                raise ValueError("Qwen3VL needs rngs (random weights) or params (Hugging Face tensors)")
+            parts = build(rngs)
+        else:  # the tree's shapes only, then the mapped tensors
+            parts = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+            graphdef, state = nnx.split(parts)
+            nnx.replace_by_pure_dict(
+                state, traverse_util.unflatten_dict(values_from_hf(flat(state), params, param_dtype))
+            )
+            parts = nnx.merge(graphdef, state)
+        self.visual, self.language_model = parts["visual"], parts["language_model"]
+        if "lm_head" in parts:
+            self.lm_head = parts["lm_head"]
         self.config_json = json.dumps(config, sort_keys=True)
         self.frozen = frozen
         self.dtype = dtype
