@@ -71,10 +71,12 @@ def test_outer_jit_traced_weights_no_retrace_left_padding(data):
 
 
 def test_left_padded_row_matches_its_unpadded_forward(data):
+    """forward on a left-padded batch vs make_forward on the row alone, unpadded."""
     io = data["io"]
     ids, mask, n = _left_pad(io)
     batch = qwen3vl.forward(data["model"], ids, mask, data["pv"], data["grid"])
-    single = qwen3vl.forward(data["model"], ids[1:, 85 - n :], mask[1:, 85 - n :], data["pv"][:264], data["grid"][:1])
+    run_one = qwen3vl.make_forward(data["model"], data["grid"][:1])
+    single = run_one(ids[1:, 85 - n :], mask[1:, 85 - n :], data["pv"][:264])
     for k in ("last_layer", "last_hidden_state"):
         np.testing.assert_allclose(batch[k][1, 85 - n :], single[k][0], atol=1e-5, rtol=0)
 

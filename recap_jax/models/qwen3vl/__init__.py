@@ -111,3 +111,20 @@ def forward(model: Qwen3VL, input_ids, attention_mask, pixel_values, image_grid_
             raise ValueError(f"{found} image tokens in input_ids but {n_tokens} visual features for {grid}")
     graphdef, state = nnx.split(model)
     return jit_apply(graphdef, state, input_ids, attention_mask, pixel_values, grid)
+
+
+def make_forward(model: Qwen3VL, image_grid_thw):
+    """→ `f(input_ids, attention_mask, pixel_values) -> dict` (as `forward`), jitted for one static grid,
+    with the model split once here: the per-call host work is only the jit dispatch (`forward` splits
+    the module graph on every call). The function holds the model's arrays as they are now; build a
+    new one after changing the weights. Image-token counts are not checked (see `forward`).
+    """
+    grid = static_grid(image_grid_thw, model.visual.merge)
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    @jax.jit
+    def run(leaves, input_ids, attention_mask, pixel_values):
+        return apply(graphdef, jax.tree.unflatten(treedef, leaves), input_ids, attention_mask, pixel_values, grid)
+
+    return lambda input_ids, attention_mask, pixel_values: run(leaves, input_ids, attention_mask, pixel_values)
