@@ -195,3 +195,19 @@ def test_frozen_by_default_zero_grads(data):
     grads = jax.jit(jax.grad(loss))(state)
     leaves = jax.tree.leaves(grads)
     assert len(leaves) == 40 and all(not np.asarray(g).any() for g in leaves)
+
+
+def test_images_of_different_sizes_attend_within_their_own_frame(data):
+    """Two grids of different sizes (the masked, block-diagonal vision path) give each image the tokens
+    it gets alone (the equal-frames path), deepstack features included."""
+    img = np.load(DIR / "image_io.npz")["image"]
+    pv_a, grid_a = qwen3vl.preprocess_image(img)
+    pv_b, grid_b = qwen3vl.preprocess_image(qwen3vl.psi0_image(img))
+    ga, gb = tuple(int(g) for g in grid_a), tuple(int(g) for g in grid_b)
+    vision = jax.jit(lambda pv, grid: data["model"].visual(pv, grid), static_argnums=1)
+    both, deep = vision(np.concatenate([pv_a, pv_b]), (ga, gb))
+    n = pv_a.shape[0] // 4
+    for sl, pv, grid in ((slice(0, n), pv_a, ga), (slice(n, None), pv_b, gb)):
+        alone, deep_alone = vision(pv, (grid,))
+        np.testing.assert_allclose(both[sl], alone, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(deep[:, sl], deep_alone, atol=1e-5, rtol=0)

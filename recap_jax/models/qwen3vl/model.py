@@ -105,8 +105,8 @@ def vision_tables(grid: Grid, side: int, merge: int, head_dim: int, theta: float
     position table; cos, sin float32 [P, head_dim]: 2-D rotary (row half, column half)), P = Σ t·h·w.
     """
     inv = 1.0 / (theta ** (jnp.arange(0, head_dim // 2, 2, dtype=jnp.float32) / (head_dim // 2)))
-    idx_all, w_all, rc_all = [], [], []
-    for t, h, w in grid:
+    per_image = {}  # one set of ops per distinct (t, h, w): a batch of equal frames stays a small program
+    for t, h, w in dict.fromkeys(grid):
         hs = jnp.linspace(0.0, side - 1.0, h, dtype=jnp.float32)
         ws = jnp.linspace(0.0, side - 1.0, w, dtype=jnp.float32)
         h0, w0 = jnp.floor(hs).astype(jnp.int32), jnp.floor(ws).astype(jnp.int32)
@@ -123,13 +123,13 @@ def vision_tables(grid: Grid, side: int, merge: int, head_dim: int, theta: float
             a = jnp.swapaxes(a, 1, 2).reshape(h * w, *a.shape[4:])
             return jnp.tile(a, (t,) + (1,) * (a.ndim - 1))
 
-        idx_all.append(order(idx))
-        w_all.append(order(wt))
-        rc_all.append(jnp.stack([order(rows), order(cols)], -1))
-    rc = jnp.concatenate(rc_all)
-    freqs = jnp.concatenate([rc[:, :1] * inv, rc[:, 1:] * inv], -1)
-    emb = jnp.concatenate([freqs, freqs], -1)
-    return jnp.concatenate(idx_all), jnp.concatenate(w_all), jnp.cos(emb), jnp.sin(emb)
+        rc = jnp.stack([order(rows), order(cols)], -1)
+        freqs = jnp.concatenate([rc[:, :1] * inv, rc[:, 1:] * inv], -1)
+        emb = jnp.concatenate([freqs, freqs], -1)
+        per_image[(t, h, w)] = (order(idx), order(wt), jnp.cos(emb), jnp.sin(emb))
+    if len(per_image) == 1:
+        return tuple(jnp.tile(a, (len(grid), 1)) for a in per_image[grid[0]])
+    return tuple(jnp.concatenate([per_image[g][i] for g in grid]) for i in range(4))
 
 
 def _image_token_table(grid: Grid, merge: int):
