@@ -211,3 +211,16 @@ def test_images_of_different_sizes_attend_within_their_own_frame(data):
         alone, deep_alone = vision(pv, (grid,))
         np.testing.assert_allclose(both[sl], alone, atol=1e-5, rtol=0)
         np.testing.assert_allclose(deep[:, sl], deep_alone, atol=1e-5, rtol=0)
+
+
+def test_params_constructor_vocab_and_missing_keys():
+    cfg = json.loads((DIR / "model" / "config.json").read_text())
+    tensors = load_file(str(DIR / "model" / "model.safetensors"))
+    emb = "model.language_model.embed_tokens.weight"
+    bigger = tensors | {emb: np.concatenate([tensors[emb], np.zeros((24, 64), np.float32)])}
+    model = qwen3vl.Qwen3VL(cfg, bigger)  # a resized vocabulary (Ψ0's) is read from the tensors
+    assert model.language_model.embed_tokens.embedding.get_value().shape == (1024, 64)
+    assert model.config["text_config"]["vocab_size"] == 1024
+    del tensors["model.visual.blocks.1.attn.qkv.weight"]
+    with pytest.raises(ValueError, match=r"missing keys \['model.visual.blocks.1.attn.qkv.weight'\]"):
+        qwen3vl.Qwen3VL(cfg, tensors)

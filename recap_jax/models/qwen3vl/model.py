@@ -446,10 +446,14 @@ class Qwen3VL(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ):
         """Random weights from `rngs`, or `params` = {Hugging Face key: array} (numpy or jax, traceable;
-        keys as `param_shapes(config)`, not checked here: `from_hf` checks). dtype defaults to the
-        params' dtype (else float32), param_dtype to dtype."""
+        keys as `param_shapes(config)`: a missing key is a ValueError, shapes are checked by `from_hf`;
+        the vocabulary size is the embedding's row count). dtype defaults to the params' dtype (else
+        float32), param_dtype to dtype."""
         if params is not None:
             dtype = dtype or jnp.result_type(next(iter(params.values())))
+            emb = params.get("model.language_model.embed_tokens.weight")
+            if emb is not None and emb.shape[0] != config["text_config"]["vocab_size"]:
+                config = {**config, "text_config": {**config["text_config"], "vocab_size": int(emb.shape[0])}}
         dtype = jnp.dtype(dtype or jnp.float32)
         param_dtype = jnp.dtype(param_dtype or dtype)
         tc, vc = config["text_config"], config["vision_config"]

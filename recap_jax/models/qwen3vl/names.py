@@ -64,10 +64,16 @@ def values_from_hf(specs: dict, tensors: dict, param_dtype) -> dict:
 
     numpy tensors are mapped and stacked on the host, jax arrays (possibly traced) with jnp.
     """
-    out = {}
+    wanted = {}
     for path, spec in specs.items():
         name, stacked = hf_name(path)
-        keys = [name.format(i) for i in range(spec.shape[0])] if stacked else [name]
+        wanted[path] = (stacked, [name.format(i) for i in range(spec.shape[0])] if stacked else [name])
+    missing = sorted(k for _, keys in wanted.values() for k in keys if k not in tensors)
+    if missing:
+        raise ValueError(f"Qwen3-VL params: missing keys {missing}")
+    out = {}
+    for path, spec in specs.items():
+        stacked, keys = wanted[path]
         parts = [to_ours(path, tensors[k]) for k in keys]
         if any(isinstance(p, jax.Array) for p in parts):
             value = jnp.stack(parts) if stacked else parts[0]
