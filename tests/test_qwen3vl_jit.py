@@ -184,17 +184,21 @@ def test_module_tree_is_nnx_params(data):
 
 
 def test_frozen_by_default_zero_grads(data):
+    """frozen (the default): every parameter gradient is zero; frozen = False: every one is not."""
     io = data["io"]
-    graphdef, state = nnx.split(data["model"])
     assert data["model"].frozen
+    thawed = nnx.merge(*nnx.split(data["model"]))
+    thawed.frozen = False
+    for model, zero in ((data["model"], True), (thawed, False)):
+        graphdef, state = nnx.split(model)
 
-    def loss(state):
-        out = qwen3vl.apply(graphdef, state, io["input_ids"], io["attention_mask"], data["pv"], data["grid"])
-        return out["last_hidden_state"].sum()
+        def loss(state, graphdef=graphdef):
+            out = qwen3vl.apply(graphdef, state, io["input_ids"], io["attention_mask"], data["pv"], data["grid"])
+            return out["last_hidden_state"].sum()
 
-    grads = jax.jit(jax.grad(loss))(state)
-    leaves = jax.tree.leaves(grads)
-    assert len(leaves) == 40 and all(not np.asarray(g).any() for g in leaves)
+        leaves = jax.tree.leaves(jax.jit(jax.grad(loss))(state))
+        assert len(leaves) == 40
+        assert [not np.asarray(g).any() for g in leaves] == [zero] * 40
 
 
 def test_images_of_different_sizes_attend_within_their_own_frame(data):
