@@ -142,16 +142,23 @@ def bench_train(preset: str, batch: int, num_context: int, dtype: str, reps: int
     }
 
 
-def bench_vlm(reps: int) -> dict:
-    """Tiny Qwen3-VL (tests/data/qwen3vl_tiny) forward for one 180×320 frame through Ψ0's image path + a prompt."""
+def bench_vlm(reps: int, preset: str = "tiny") -> dict:
+    """Qwen3-VL forward (`qwen3vl.forward`, one jitted function) for one 180×320 frame through Ψ0's image
+    path + a 25-token prompt: "tiny" = tests/data/qwen3vl_tiny's weights (float32); "qwen3vl-2b" = the 2B
+    config with random weights (bfloat16; speed does not depend on the values)."""
     from pathlib import Path
 
     import numpy as np
+    from flax import nnx
 
     from recap_jax.models import qwen3vl
 
     root = Path(__file__).resolve().parents[1] / "tests" / "data" / "qwen3vl_tiny"
-    model, cfg = qwen3vl.load_pretrained(root / "model")
+    if preset == "tiny":
+        model, cfg = qwen3vl.load_pretrained(root / "model")
+    else:
+        cfg = qwen3vl.PRESETS[preset]
+        model = qwen3vl.Qwen3VL(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     frame = np.load(root / "image_io.npz")["image"]
     pv, grid = qwen3vl.preprocess_image(qwen3vl.psi0_image(frame))
     n = int(np.prod(grid)) // 4
@@ -160,12 +167,43 @@ def bench_vlm(reps: int) -> dict:
     )
     ids = np.concatenate([ids, np.arange(10, 30), [7, 8]])[None]
     mask = np.ones_like(ids)
+    pv = jnp.asarray(pv)
 
     def run():
         return qwen3vl.forward(model, ids, mask, pv, grid[None])["last_layer"]
 
     first, sec = _time(run, reps=reps)
-    return {"sec": sec, "first_s": first, "tokens": ids.shape[1]}
+    fwd = qwen3vl.make_forward(model, grid[None])
+    _, sec_made = _time(lambda: fwd(ids, mask, pv)["last_layer"], reps=reps)
+    out = {"sec": sec, "sec_made": sec_made, "compile_s": first, "tokens": ids.shape[1], "dtype": str(model.dtype)}
+    return out | {"gflop": _vlm_gflop(model, ids, pv, grid)}
+
+
+def _vlm_gflop(model, ids, pv, grid) -> float:
+    """XLA's flop count of the compiled forward (abstract arguments: nothing allocated for them)."""
+    from flax import nnx
+
+    from recap_jax.models import qwen3vl
+
+    graphdef, state = nnx.split(model)
+    args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (state, ids, ids, pv))
+    compiled = qwen3vl.jit_apply.lower(graphdef, *args, qwen3vl.static_grid(grid)).compile()
+    return compiled.cost_analysis().get("flops", float("nan")) / 1e9
+
+
+def compile_vlm_2b(tokens: int, grid=(1, 14, 22)) -> dict:
+    """qwen3vl-2b forward lowered and compiled on abstract bfloat16 weights (no allocation): compile seconds
+    and XLA's flop count, for a prompt of `tokens` tokens with one image of `grid`."""
+    from flax import nnx
+
+    from recap_jax.models import qwen3vl
+
+    graphdef, state = nnx.split(qwen3vl.abstract_model(qwen3vl.PRESETS["qwen3vl-2b"], jnp.bfloat16))
+    ids = jax.ShapeDtypeStruct((1, tokens), jnp.int32)
+    pv = jax.ShapeDtypeStruct((grid[0] * grid[1] * grid[2], 1536), jnp.float32)
+    t0 = time.perf_counter()
+    compiled = qwen3vl.jit_apply.lower(graphdef, state, ids, ids, pv, (tuple(grid),)).compile()
+    return {"compile_s": time.perf_counter() - t0, "gflop": compiled.cost_analysis().get("flops", 0.0) / 1e9}
 
 
 SECTION_PSI0 = "policy_speed_psi0"
@@ -358,10 +396,26 @@ def main(argv: list[str] | None = None) -> str:
             rows.append([f"{preset} (GPU)", f"{ae.num_params(preset):,}", batch, "bfloat16", pending, "", "", ""])
         train_rows.append(["psi0 (GPU)", 128, "bfloat16", pending, "", "", ""])
 
-    vlm = bench_vlm(args.reps)
-    vlm_rows = [["qwen3vl tiny (CPU, eager)", vlm["tokens"], "float32", f"{1e3 * vlm['sec']:.1f}"]]
+    vlm_rows = []
+    for name in ("tiny", "qwen3vl-2b") if on_gpu else ("tiny",):
+        vlm = bench_vlm(args.reps, name)
+        vlm_rows.append(
+            [
+                f"qwen3vl {name}",
+                vlm["tokens"],
+                vlm["dtype"],
+                f"{vlm['compile_s']:.1f}",
+                f"{1e3 * vlm['sec']:.1f}",
+                f"{1e3 * vlm['sec_made']:.1f}",
+                f"{vlm['gflop']:.2f}",
+            ]
+        )
+        print(vlm_rows[-1], flush=True)
     if not on_gpu:
-        vlm_rows.append(["qwen3vl-2b (GPU)", vlm["tokens"], "bfloat16", "pending (no GPU in this session)"])
+        c2b = compile_vlm_2b(vlm["tokens"])
+        compiled = [f"{c2b['compile_s']:.1f}", "", "", f"{c2b['gflop']:.1f}"]
+        vlm_rows.append(["qwen3vl-2b (CPU, compile only)", vlm["tokens"], "bfloat16", *compiled])
+        vlm_rows.append(["qwen3vl-2b (GPU)", vlm["tokens"], "bfloat16", "pending (no GPU in this session)", "", "", ""])
     body = "\n\n".join(
         [
             f"Machine: {machine_description()}; load average at the end {os.getloadavg()[0]:.1f} "
@@ -373,7 +427,14 @@ def main(argv: list[str] | None = None) -> str:
                 ["preset", "params", "batch", "dtype", "ms / chunk", "chunks / s", "TFLOP/s", "compile s"], rows
             ),
             "### System-2 VLM forward (one frame through Ψ0's image path + prompt)",
-            markdown_table(["model", "tokens", "dtype", "ms / forward"], vlm_rows),
+            "One jitted function per image grid and prompt length (positions and rotary tables computed "
+            "inside it); compile s = the first call; ms = median of the later calls through `qwen3vl.forward` "
+            "(splits the module on every call) and through `qwen3vl.make_forward` (split once); GFLOP = XLA's "
+            "count for the compiled forward. The 2B compile-only row lowers the forward on abstract weights "
+            "(a stacked-layer lax.scan keeps it to one layer body per tower).",
+            markdown_table(
+                ["model", "tokens", "dtype", "compile s", "ms / forward", "ms / make_forward call", "GFLOP"], vlm_rows
+            ),
             "### Training step (AdamW, flow-matching loss)",
             markdown_table(["preset", "batch", "dtype", "ms / step", "TFLOP/s", "MFU", "compile s"], train_rows),
             f"Anchors: π0, 10 flow steps, {PI0_4090_MS:.0f} ms on an RTX 4090; H100 bf16 peak "

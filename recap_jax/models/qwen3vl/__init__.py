@@ -5,7 +5,10 @@
 - `forward(model, input_ids, attention_mask, pixel_values, image_grid_thw) -> {"last_layer",
   "last_hidden_state"}`: one jitted function (`jit_apply`) per (model structure, image grid, input
   shapes); M-RoPE positions, the vision rotary tables and the position-embedding interpolation are
-  computed inside it from the static grid and the traced ids / mask.
+  computed inside it from the static grid and the traced ids / mask. `make_forward(model, grid)` splits
+  the module once (the fast path for repeated calls); inside an outer jit call `forward` or the module.
+- `Qwen3VL(config, params=None, *, dtype, param_dtype, frozen=True, rngs)`: the NNX module; `params` =
+  {Hugging Face key: array} (numpy or traced) or random weights from `rngs`. Frozen by default.
 - `preprocess_image(image)` reproduces transformers 5's torchvision-backed (uint8 antialiased bicubic
   resize) `Qwen2VLImageProcessor(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=0.5,
   image_std=0.5, size={shortest_edge: 65536, longest_edge: 16777216})`; `psi0_image(frame)` is Ψ0's
@@ -111,3 +114,20 @@ def forward(model: Qwen3VL, input_ids, attention_mask, pixel_values, image_grid_
             raise ValueError(f"{found} image tokens in input_ids but {n_tokens} visual features for {grid}")
     graphdef, state = nnx.split(model)
     return jit_apply(graphdef, state, input_ids, attention_mask, pixel_values, grid)
+
+
+def make_forward(model: Qwen3VL, image_grid_thw):
+    """→ `f(input_ids, attention_mask, pixel_values) -> dict` (as `forward`), jitted for one static grid,
+    with the model split once here: the per-call host work is only the jit dispatch (`forward` splits
+    the module graph on every call). The function holds the model's arrays as they are now; build a
+    new one after changing the weights. Image-token counts are not checked (see `forward`).
+    """
+    grid = static_grid(image_grid_thw, model.visual.merge)
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    @jax.jit
+    def run(leaves, input_ids, attention_mask, pixel_values):
+        return apply(graphdef, jax.tree.unflatten(treedef, leaves), input_ids, attention_mask, pixel_values, grid)
+
+    return lambda input_ids, attention_mask, pixel_values: run(leaves, input_ids, attention_mask, pixel_values)

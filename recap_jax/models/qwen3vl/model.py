@@ -38,9 +38,10 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from .config import head_dim, tied
+from .names import flat, values_from_hf
 
 Grid = tuple[tuple[int, int, int], ...]
 _NEG = -1e30  # masked attention logit (float32)
@@ -104,8 +105,8 @@ def vision_tables(grid: Grid, side: int, merge: int, head_dim: int, theta: float
     position table; cos, sin float32 [P, head_dim]: 2-D rotary (row half, column half)), P = Σ t·h·w.
     """
     inv = 1.0 / (theta ** (jnp.arange(0, head_dim // 2, 2, dtype=jnp.float32) / (head_dim // 2)))
-    idx_all, w_all, rc_all = [], [], []
-    for t, h, w in grid:
+    per_image = {}  # one set of ops per distinct (t, h, w): a batch of equal frames stays a small program
+    for t, h, w in dict.fromkeys(grid):
         hs = jnp.linspace(0.0, side - 1.0, h, dtype=jnp.float32)
         ws = jnp.linspace(0.0, side - 1.0, w, dtype=jnp.float32)
         h0, w0 = jnp.floor(hs).astype(jnp.int32), jnp.floor(ws).astype(jnp.int32)
@@ -122,13 +123,13 @@ def vision_tables(grid: Grid, side: int, merge: int, head_dim: int, theta: float
             a = jnp.swapaxes(a, 1, 2).reshape(h * w, *a.shape[4:])
             return jnp.tile(a, (t,) + (1,) * (a.ndim - 1))
 
-        idx_all.append(order(idx))
-        w_all.append(order(wt))
-        rc_all.append(jnp.stack([order(rows), order(cols)], -1))
-    rc = jnp.concatenate(rc_all)
-    freqs = jnp.concatenate([rc[:, :1] * inv, rc[:, 1:] * inv], -1)
-    emb = jnp.concatenate([freqs, freqs], -1)
-    return jnp.concatenate(idx_all), jnp.concatenate(w_all), jnp.cos(emb), jnp.sin(emb)
+        rc = jnp.stack([order(rows), order(cols)], -1)
+        freqs = jnp.concatenate([rc[:, :1] * inv, rc[:, 1:] * inv], -1)
+        emb = jnp.concatenate([freqs, freqs], -1)
+        per_image[(t, h, w)] = (order(idx), order(wt), jnp.cos(emb), jnp.sin(emb))
+    if len(per_image) == 1:
+        return tuple(jnp.tile(a, (len(grid), 1)) for a in per_image[grid[0]])
+    return tuple(jnp.concatenate([per_image[g][i] for g in grid]) for i in range(4))
 
 
 def _image_token_table(grid: Grid, merge: int):
@@ -434,14 +435,50 @@ class Qwen3VL(nnx.Module):
     for jit). `dtype` is the compute dtype, `param_dtype` the parameter dtype.
     """
 
-    def __init__(self, config: dict, *, dtype=jnp.float32, param_dtype=None, frozen: bool = True, rngs: nnx.Rngs):
-        param_dtype = param_dtype or dtype
+    def __init__(
+        self,
+        config: dict,
+        params: dict | None = None,
+        *,
+        dtype=None,
+        param_dtype=None,
+        frozen: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
+        """Random weights from `rngs`, or `params` = {Hugging Face key: array} (numpy or jax, traceable;
+        keys as `param_shapes(config)`: a missing key is a ValueError, shapes are checked by `from_hf`;
+        the vocabulary size is the embedding's row count). dtype defaults to the params' dtype (else
+        float32), param_dtype to dtype."""
+        if params is not None:
+            dtype = dtype or jnp.result_type(next(iter(params.values())))
+            emb = params.get("model.language_model.embed_tokens.weight")
+            if emb is not None and emb.shape[0] != config["text_config"]["vocab_size"]:
+                config = {**config, "text_config": {**config["text_config"], "vocab_size": int(emb.shape[0])}}
+        dtype = jnp.dtype(dtype or jnp.float32)
+        param_dtype = jnp.dtype(param_dtype or dtype)
         tc, vc = config["text_config"], config["vision_config"]
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.visual = VisionModel(vc, **kw)
-        self.language_model = TextModel(tc, **kw)
-        if not tied(config):
-            self.lm_head = nnx.Linear(tc["hidden_size"], tc["vocab_size"], use_bias=False, **kw)
+
+        def build(r):
+            kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=r)
+            parts = {"visual": VisionModel(vc, **kw), "language_model": TextModel(tc, **kw)}
+            if not tied(config):
+                parts["lm_head"] = nnx.Linear(tc["hidden_size"], tc["vocab_size"], use_bias=False, **kw)
+            return parts
+
+        if params is None:
+            if rngs is None:
+                raise ValueError("Qwen3VL needs rngs (random weights) or params (Hugging Face tensors)")
+            parts = build(rngs)
+        else:  # the tree's shapes only, then the mapped tensors
+            parts = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+            graphdef, state = nnx.split(parts)
+            nnx.replace_by_pure_dict(
+                state, traverse_util.unflatten_dict(values_from_hf(flat(state), params, param_dtype))
+            )
+            parts = nnx.merge(graphdef, state)
+        self.visual, self.language_model = parts["visual"], parts["language_model"]
+        if "lm_head" in parts:
+            self.lm_head = parts["lm_head"]
         self.config_json = json.dumps(config, sort_keys=True)
         self.frozen = frozen
         self.dtype = dtype

@@ -1,13 +1,5 @@
-"""Hugging Face weights ↔ the NNX module tree: `load_pretrained`, `to_hf`, `save_pretrained`, `abstract_params`.
-
-Name mapping (module path → Hugging Face key), applied per stacked layer index i:
-
-    visual.…            ↔ model.visual.…            language_model.… ↔ model.language_model.…
-    blocks / layers / deepstack_merger_list (stacked axis, index i) ↔ ….{i}.…
-    Linear kernel [in, out] ↔ weight [out, in] (transposed); the patch-embedding kernel
-        [C·Tp·p·p, Dv] ↔ Conv3d weight [Dv, C, Tp, p, p]
-    LayerNorm / RMSNorm scale ↔ weight;  Embed embedding ↔ weight;  bias ↔ bias
-"""
+"""Hugging Face weights ↔ the NNX module tree: `load_pretrained`, `from_hf`, `to_hf`, `save_pretrained`,
+`abstract_params` (the name mapping is in `names.py`)."""
 
 from __future__ import annotations
 
@@ -19,54 +11,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, traverse_util
+from flax import nnx
 
 from .config import param_shapes, read_config
 from .model import Qwen3VL
-
-_TOP = {"visual": "model.visual", "language_model": "model.language_model", "lm_head": "lm_head"}
-_STACKED = ("blocks", "layers", "deepstack_merger_list")
-_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
-_PATCH = ("visual", "patch_embed", "proj", "kernel")
-
-
-def _hf_name(path: tuple) -> tuple[str, bool]:
-    """Module path → (Hugging Face key template with `{}` for the layer index, stacked?)."""
-    parts, stacked = [_TOP[path[0]]], False
-    for p in path[1:-1]:
-        parts.append(str(p))
-        if p in _STACKED:
-            parts.append("{}")
-            stacked = True
-    parts.append(_LEAF[path[-1]])
-    return ".".join(parts), stacked
-
-
-def _to_ours(path: tuple, w: np.ndarray) -> np.ndarray:
-    """One layer's Hugging Face tensor → its module layout (a view where possible)."""
-    if path[-1] == "kernel":
-        return w.reshape(w.shape[0], -1).T
-    return w
-
-
-def _to_hf(path: tuple, a: np.ndarray, config: dict) -> np.ndarray:
-    if path == _PATCH:
-        vc = config["vision_config"]
-        p, tp = vc["patch_size"], vc["temporal_patch_size"]
-        return np.ascontiguousarray(a.T).reshape(a.shape[1], vc.get("in_channels", 3), tp, p, p)
-    return np.ascontiguousarray(a.T) if path[-1] == "kernel" else np.asarray(a)
-
-
-def _hf_shape(path: tuple, shape: tuple, config: dict) -> tuple:
-    if path == _PATCH:
-        vc = config["vision_config"]
-        p, tp = vc["patch_size"], vc["temporal_patch_size"]
-        return (shape[1], vc.get("in_channels", 3), tp, p, p)
-    return tuple(shape[::-1]) if path[-1] == "kernel" else tuple(shape)
-
-
-def _flat(state) -> dict:
-    return traverse_util.flatten_dict(nnx.to_pure_dict(state))
+from .names import flat, hf_name, hf_shape, to_hf_layout
 
 
 def abstract_model(config: dict, dtype=jnp.float32, param_dtype=None) -> Qwen3VL:
@@ -81,19 +30,19 @@ def to_hf(model: Qwen3VL) -> dict:
     """
     config = model.config
     out = {}
-    for path, value in _flat(nnx.state(model, nnx.Param)).items():
-        name, stacked = _hf_name(path)
+    for path, value in flat(nnx.state(model, nnx.Param)).items():
+        name, stacked = hf_name(path)
         if isinstance(value, jax.ShapeDtypeStruct):
-            shape = _hf_shape(path, value.shape[1:] if stacked else value.shape, config)
+            shape = hf_shape(path, value.shape[1:] if stacked else value.shape, config)
             for i in range(value.shape[0]) if stacked else [None]:
                 out[name.format(i)] = jax.ShapeDtypeStruct(shape, value.dtype)
             continue
         value = np.asarray(value)
         if stacked:
             for i in range(value.shape[0]):
-                out[name.format(i)] = _to_hf(path, value[i], config)
+                out[name.format(i)] = to_hf_layout(path, value[i], config)
         else:
-            out[name] = _to_hf(path, value, config)
+            out[name] = to_hf_layout(path, value, config)
     return out
 
 
@@ -122,20 +71,7 @@ def from_hf(config: dict, tensors: dict, dtype=jnp.float32, param_dtype=None, wh
     if "lm_head.weight" in tensors and "lm_head.weight" not in param_shapes(config):
         tensors.pop("lm_head.weight")  # a tied head some writers store anyway
     _check_keys(tensors, param_shapes(config), where)
-    abstract = abstract_model(config, dtype, param_dtype)
-    graphdef, state = nnx.split(abstract)
-    values = {}
-    for path, spec in _flat(state).items():
-        name, stacked = _hf_name(path)
-        if stacked:
-            host = np.stack([_to_ours(path, np.asarray(tensors[name.format(i)])) for i in range(spec.shape[0])])
-        else:
-            host = _to_ours(path, np.asarray(tensors[name]))
-        if host.shape != spec.shape:  # the mapping and param_shapes disagree: a bug here, not in the file
-            raise AssertionError(f"{'/'.join(map(str, path))}: mapped {host.shape} != module {spec.shape}")
-        values[path] = jnp.asarray(host.astype(param_dtype, copy=False))
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
-    return nnx.merge(graphdef, state)
+    return Qwen3VL(config, tensors, dtype=dtype, param_dtype=param_dtype)
 
 
 def load_pretrained(path, dtype: str = "float32", param_dtype: str | None = None):
