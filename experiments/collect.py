@@ -119,6 +119,7 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
 
 def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
     cfg_slice = {"env": cfg.env, "policy": cfg.policy, "sft": cfg.sft, "collect": cfg.collect, "seed": cfg.seed}
+    cfg_slice["rollout_rtc"] = glue.policy_config(cfg).rtc  # closed-loop RTC changes the rollouts (issue 16)
     if it > 0:
         cfg_slice["finetune"] = cfg.finetune
     return common.run_stage(out, stage_name(it), cfg_slice, lambda: collect_rollouts(cfg, out, it))
