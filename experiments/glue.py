@@ -272,6 +272,8 @@ def evaluate_policy(
     from recap_jax import rollout
 
     act, rtc = policy_act(params)
+    if rtc and ta != params.config.execute:
+        raise ValueError(f"ta={ta} must equal the policy's execute={params.config.execute} (RTC prefix = chunk[Ta:])")
     tok = params.config.tokenizer()
     ids_row = tok.encode(prompt)[0]
     rows = np.broadcast_to(ids_row, (num_envs, ids_row.shape[1]))
