@@ -62,7 +62,7 @@ def choose_checkpoint(cfg: StudyConfig, out: Path, env) -> dict:
 
 
 def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
-    from recap_jax import policy, rollout
+    from recap_jax import rollout
     from recap_jax.data import EpisodeStore
 
     env = glue.make_env(cfg)
@@ -81,9 +81,10 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
     store = EpisodeStore(Path(out) / "rollouts", create=True)
     first = it * cfg.collect.episodes
     seed, namespace = glue.key_space(cfg, "collect", it)
+    act, rtc = glue.policy_act(params)
     stats = rollout.collect(
         env,
-        policy.sample_actions,
+        act,
         params,
         store,
         cfg.collect.episodes,
@@ -95,6 +96,7 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         num_envs=cfg.collect.num_envs,
         ta=cfg.env.replan_every,
         tags={"kind": "rollout", "policy": source, "iteration": it},
+        rtc=rtc,
     )
     eps = [e for e in store.iter_episodes() if first <= e.episode_id < first + cfg.collect.episodes]
     succ = np.array([e.success for e in eps])
@@ -117,6 +119,7 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
 
 def run(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
     cfg_slice = {"env": cfg.env, "policy": cfg.policy, "sft": cfg.sft, "collect": cfg.collect, "seed": cfg.seed}
+    cfg_slice["rollout_rtc"] = glue.policy_config(cfg).rtc  # closed-loop RTC changes the rollouts (issue 16)
     if it > 0:
         cfg_slice["finetune"] = cfg.finetune
     return common.run_stage(out, stage_name(it), cfg_slice, lambda: collect_rollouts(cfg, out, it))

@@ -163,6 +163,7 @@ def marker_slice(cfg: StudyConfig, cond: str, checkpoint: dict | None = None) ->
     settings = cfg.evaluate if cond == "recap_high" else dataclasses.replace(cfg.evaluate, cfg_beta=None)
     out = {"evaluate": settings, "env": cfg.env, "seed": cfg.seed, "condition": cond}
     out["eval_keys"] = list(glue.key_space(cfg, "eval"))
+    out["rollout_rtc"] = glue.policy_config(cfg).rtc  # closed-loop RTC changes the rollouts (issue 16)
     if checkpoint is not None:
         out["checkpoint"] = dict(checkpoint)
     return out

@@ -254,6 +254,17 @@ def prompt_for(condition_label: str | None) -> str:
 # ---- closed-loop evaluation (paired, held-out keys) ------------------------------------------------
 
 
+def policy_act(params):
+    """The rollout's act for a learned policy and its ``rtc`` flag: ``policy.sample_actions_rtc`` with the
+    previous chunk carried (Ψ0's real-time chunking) unless the policy's ``config.rtc`` is "off", then
+    plain ``policy.sample_actions``. Pass both to ``rollout.run_wave``/``collect``/``evaluate``."""
+    from recap_jax import policy
+
+    if params.config.rtc == "off":
+        return policy.sample_actions, False
+    return policy.sample_actions_rtc, True
+
+
 def evaluate_policy(
     env,
     params,
@@ -270,14 +281,19 @@ def evaluate_policy(
     """Held-out closed-loop evaluation, episode ``i`` keyed as ``rollout.evaluate`` keys it.
 
     Runs the same recorded wave program as collection (``record=True``) so that one compiled program
-    serves collection, every condition and the GIF frames. Returns per-episode ``success``, ``n_steps``,
+    serves collection, every condition and the GIF frames. The policy runs with its own ``config.rtc``
+    (``policy_act``: the previous chunk's [Ta:] as the clean prefix of every query after an episode's
+    first). Returns per-episode ``success``, ``n_steps``,
     ``cause`` (index into ``rollout.FAILURE_CAUSES``) and ``images`` {episode id: u8[Q, H, W, 3]} for
     ``keep_images``.
     """
     import jax
 
-    from recap_jax import policy, rollout
+    from recap_jax import rollout
 
+    act, rtc = policy_act(params)
+    if rtc and ta != params.config.execute:
+        raise ValueError(f"ta={ta} must equal the policy's execute={params.config.execute} (RTC prefix = chunk[Ta:])")
     tok = params.config.tokenizer()
     ids_row = tok.encode(prompt)[0]
     rows = np.broadcast_to(ids_row, (num_envs, ids_row.shape[1]))
@@ -293,7 +309,7 @@ def evaluate_policy(
         padded = np.array(chunk + [chunk[-1]] * (num_envs - len(chunk)), np.int32)
         res = jax.device_get(
             rollout.run_wave(
-                env, policy.sample_actions, params, rows, beta, key, padded, ta=ta, record=True, act_kwargs=act_kwargs
+                env, act, params, rows, beta, key, padded, ta=ta, record=True, act_kwargs=act_kwargs, rtc=rtc
             )
         )
         k = len(chunk)

@@ -141,7 +141,10 @@ class StudyConfig:
     seed: int = 0
     iterations: int = 1  # > 1: the π*0.6 loop (collect with the latest policy, retrain value and policy)
     env: EnvSettings = field(default_factory=EnvSettings)
-    policy: Overrides = ()  # fields of recap_jax.policy.PolicyConfig (image size and Ta come from `env`)
+    # Fields of recap_jax.policy.PolicyConfig (image size and Ta come from `env`). Every preset must name
+    # ``loss_reduction``, the flow-matching loss its SFT/RECAP/BC-all training uses ("mean" or Ψ0's "psi0",
+    # docs/STUDY.md); ``rtc`` (default "psi0") is also what the study's rollouts use.
+    policy: Overrides = ()
     value: Overrides = ()  # fields of recap_jax.value_training.ValueTrainConfig (epochs etc. from `value_training`)
     demos: DemoSettings = field(default_factory=DemoSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
@@ -163,6 +166,11 @@ class StudyConfig:
             raise ValueError(f"labels.positive_fraction must be in (0, 1), got {self.labels.positive_fraction}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if dict(self.policy).get("loss_reduction") not in ("mean", "psi0"):
+            raise ValueError(
+                "policy overrides must name the training loss: ('loss_reduction', 'mean' | 'psi0'), got "
+                f"{dict(self.policy).get('loss_reduction')!r}"
+            )
         if self.demos.dart and self.demos.expert_noise <= 0.0:
             raise ValueError("demos.dart needs demos.expert_noise > 0 (the noise that drives the robot off-path)")
         if self.env.physics:
@@ -352,7 +360,8 @@ PAPER = StudyConfig(
     seed=0,
     env=EnvSettings(episode_length=600, image_size=(192, 320), randomization_level=1, replan_every=24),
     # Ψ0's action expert (width 1536, 6 blocks, 24 heads) on a 2048-d context, bf16 compute.
-    policy=(("action_expert", "psi0"), ("encoder", "base"), ("dtype", "bfloat16")),
+    # Ψ0's own fine-tuning loss (summed over the chunk's steps; flow.flow_matching_loss "psi0").
+    policy=(("action_expert", "psi0"), ("encoder", "base"), ("dtype", "bfloat16"), ("loss_reduction", "psi0")),
     # The paper's frozen ImageNet ResNet-50 needs weights that cannot be fetched here; the policy's frozen
     # System-2 encoder stands in for it (recorded in results.json provenance).
     value=(("backbone", "system2"),),

@@ -140,6 +140,10 @@ def run_study(cfg: StudyConfig, out: Path) -> dict:
         "sampler": "psi0 flow-match Euler grid (diffusers, 1000 train steps, no shift)",
         "normalisation": "psi0 min-max (actions clipped, un-normalised without clipping; states constant->0, NaN->0)",
         "norm_widen": bool(cfg.sft.norm_widen),
+        # The flow-matching loss reduction SFT/RECAP/BC-all trained with, and the rollouts' real-time
+        # chunking (since issue 16: Ψ0's clean prefix from the previous chunk; before it, no RTC).
+        "loss_reduction": glue.policy_config(cfg).loss_reduction,
+        "rollout_rtc": glue.policy_config(cfg).rtc,
         "config": cfg.to_dict(),
         "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1),
     }

@@ -526,13 +526,84 @@ def sample_actions(
         previous chunk's actions [Ta:] (P = H − Ta). ``config.rtc`` = "psi0": normalised and re-imposed
         before every Euler step with σ = 0 on those tokens (Ψ0's sampler, ``flow.euler_sample(prefix=)``);
         "inpaint": the first P tokens follow the straight path from their noise to the prefix and the
-        returned chunk starts with exactly ``prefix``; "off": a prefix raises.
+        returned chunk starts with exactly ``prefix``; "off": a prefix raises. Normalising an absolute
+        prefix clips it to [−1, 1]; closed loops should feed back the sampler's own normalised chunk
+        instead (``sample_actions_rtc``, which the rollout and the server use).
       prefix_valid: optional bool [B]: rows where it is False ignore ``prefix`` and sample plainly (a
         batch mixing first queries of an episode with later ones). None = every row uses the prefix.
       prompt_mask / uncond_mask: bool [B, L]; default ids != PAD.
 
     Returns: float32 [B, H, 36] absolute actions.
     """
+    if prefix is not None:
+        _check_prefix(params.config, prefix, prompt_ids.shape[0])
+    pn = None if prefix is None else normalize_actions(params, prefix)
+    actions, _ = _sample(
+        params, obs, prompt_ids, key, beta, uncond_ids, prefix, pn, prefix_valid, prompt_mask, uncond_mask
+    )
+    return actions
+
+
+def sample_actions_rtc(
+    params: PolicyParams,
+    obs: dict,
+    prompt_ids: jax.Array,
+    key: jax.Array,
+    *,
+    beta: float | jax.Array = 1.0,
+    uncond_ids: jax.Array | None = None,
+    prev_chunk: jax.Array | None = None,
+    prev_valid: jax.Array | None = None,
+    prompt_mask: jax.Array | None = None,
+    uncond_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One closed-loop query with real-time chunking as ``config.rtc`` says: the act of the rollout
+    (``recap_jax.rollout.run_wave(rtc=True)``) and of the policy server, one code path for both.
+
+    The previous query's chunk is fed back in the policy's *normalised* action space (Ψ0's server keeps
+    the sampler's raw output): its actions [Ta:] (Ta = ``config.execute``, d = H − Ta) are the prefix.
+    "psi0": Ψ0's RTC sampler (prefix re-imposed before every Euler step, σ = 0 on it); "inpaint": the
+    older exact inpainting of the un-normalised prefix; "off": ``prev_chunk`` is ignored (plain sampling).
+    Rows with ``prev_valid`` False (the first query of an episode) sample plainly.
+
+    Args:
+      params, obs, prompt_ids, key, beta, uncond_ids, prompt_mask, uncond_mask: as ``sample_actions``.
+      prev_chunk: float [B, H, 36] the second output of this function at the previous query, or None
+        (every row is a first query).
+      prev_valid: bool [B] rows whose ``prev_chunk`` is real (None = all, when ``prev_chunk`` is given).
+
+    Returns: (actions float32 [B, H, 36] absolute, chunk float32 [B, H, 36] the same actions normalised:
+      the sampler's output at σ = 0, to pass back as ``prev_chunk`` at the next query).
+    """
+    cfg = params.config
+    if prev_chunk is None:
+        if prev_valid is not None:
+            raise ValueError("prev_valid needs prev_chunk")
+        return _sample(params, obs, prompt_ids, key, beta, uncond_ids, None, None, None, prompt_mask, uncond_mask)
+    b, h, a = prompt_ids.shape[0], cfg.chunk, cfg.action_dim
+    if prev_chunk.shape != (b, h, a):
+        raise ValueError(f"prev_chunk must be [{b}, {h}, {a}] (the previous normalised chunk), got {prev_chunk.shape}")
+    if cfg.rtc == "off" or cfg.execute == cfg.chunk:  # no prefix (d = 0): plain sampling
+        return _sample(params, obs, prompt_ids, key, beta, uncond_ids, None, None, None, prompt_mask, uncond_mask)
+    pn = jnp.asarray(prev_chunk, jnp.float32)[:, cfg.execute :]
+    pa = unnormalize_actions(params, pn)
+    return _sample(params, obs, prompt_ids, key, beta, uncond_ids, pa, pn, prev_valid, prompt_mask, uncond_mask)
+
+
+def _check_prefix(cfg: PolicyConfig, prefix: jax.Array, b: int) -> None:
+    h, a = cfg.chunk, cfg.action_dim
+    if prefix.ndim != 3 or prefix.shape[0] != b or prefix.shape[2] != a or not 0 < prefix.shape[1] <= h:
+        raise ValueError(f"prefix must be [{b}, P, {a}] with 0 < P ≤ {h}, got {prefix.shape}")
+    if cfg.rtc == "off":
+        raise ValueError("config.rtc='off' refuses a prefix; use rtc='psi0' or 'inpaint'")
+
+
+def _sample(
+    params, obs, prompt_ids, key, beta, uncond_ids, prefix, prefix_norm, prefix_valid, prompt_mask, uncond_mask
+):
+    """The sampler behind ``sample_actions`` / ``sample_actions_rtc``: ``prefix`` f32[B, P, A] absolute and
+    ``prefix_norm`` the same normalised (both or neither). Returns (absolute f32[B, H, A], normalised
+    f32[B, H, A])."""
     cfg = params.config
     state, image = obs["state"], obs["image"]
     b = prompt_ids.shape[0]
@@ -550,12 +621,8 @@ def sample_actions(
         )
 
     h, a = cfg.chunk, cfg.action_dim
-    if prefix is not None and (
-        prefix.ndim != 3 or prefix.shape[0] != b or prefix.shape[2] != a or not 0 < prefix.shape[1] <= h
-    ):
-        raise ValueError(f"prefix must be [{b}, P, {a}] with 0 < P ≤ {h}, got {prefix.shape}")
-    if prefix is not None and cfg.rtc == "off":
-        raise ValueError("config.rtc='off' refuses a prefix; use rtc='psi0' or 'inpaint'")
+    if prefix is not None:
+        _check_prefix(cfg, prefix, b)
     if prefix_valid is not None:
         if prefix is None:
             raise ValueError("prefix_valid needs a prefix")
@@ -586,7 +653,8 @@ def sample_actions(
         p = prefix.shape[1]
         pad = [(0, 0), (0, h - p), (0, 0)]
         prefix_abs = jnp.pad(jnp.asarray(prefix, jnp.float32), pad)
-        prefix_v = noise - jnp.pad(normalize_actions(params, prefix), pad)  # velocity of the straight path
+        prefix_n = jnp.pad(jnp.asarray(prefix_norm, jnp.float32), pad)
+        prefix_v = noise - prefix_n  # velocity of the straight path
         in_prefix = (jnp.arange(h) < p)[None, :, None] & row_ok[:, None, None]
 
     def velocity(x: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -601,12 +669,14 @@ def sample_actions(
         return jnp.where(in_prefix, prefix_v, v) if inpaint else v
 
     if prefix is not None and cfg.rtc == "psi0":
-        pn = normalize_actions(params, prefix)
+        pn = jnp.asarray(prefix_norm, jnp.float32)
         x0 = flow.euler_sample(velocity, noise, cfg.num_steps, prefix=pn, prefix_valid=row_ok)
     else:
         x0 = flow.euler_sample(velocity, noise, cfg.num_steps)
     actions = unnormalize_actions(params, x0)
-    return jnp.where(in_prefix, prefix_abs, actions) if inpaint else actions
+    if inpaint:
+        return jnp.where(in_prefix, prefix_abs, actions), jnp.where(in_prefix, prefix_n, x0)
+    return actions, x0.astype(jnp.float32)
 
 
 def drop_indicator(

@@ -8,10 +8,11 @@ step), the policy is queried once (``act(params, obs, prompt_ids, key, *, beta) 
 an inner ``lax.scan`` executes the first Ta actions of the chunk with
 ``vmap(env.step)``. Finished envs are frozen (their state is kept) and their records masked on the host by
 ``n_steps``. ``params``, ``prompt_ids``, ``beta`` and the episode ids are traced arguments, so one
-compiled program serves every condition (checkpoint, prompt, β); only ``env``, ``act``, ``ta`` and
-``record`` are static. Each program holds one copy of the MJX physics step (the reset's stand-stabilisation
-loop; the loop's control steps), which dominates its compile time: keeping the reset out of the loop
-program means a cold study compiles the reset once, not once per policy (expert, learned policy).
+compiled program serves every condition (checkpoint, prompt, β); only ``env``, ``act``, ``ta``,
+``record``, ``rtc`` and ``frames`` are static. Each program holds one copy of the MJX physics step (the
+reset's stand-stabilisation loop; the loop's control steps), which dominates its compile time: keeping
+the reset out of the loop program means a cold study compiles the reset once, not once per policy
+(expert, learned policy).
 
 Keys: episode ``i`` of namespace ``ns`` uses ``k_i = fold_in(fold_in(key(seed), ns), i)``; the env is reset
 with ``fold_in(k_i, 0)`` and decision point ``q`` draws policy noise from ``fold_in(fold_in(k_i, 1), q)``.
@@ -20,8 +21,14 @@ params, prompt, β) — not on the wave size or on which other episodes share it
 namespace ``COLLECT`` (ids ≥ ``first_id``), evaluation ``EVAL``: the two never share a key, and evaluation
 episodes are identical across conditions (paired comparisons).
 
+Real-time chunking (``rtc=True``): the scan also carries each env's previous chunk state (for the
+learned policy, ``policy.sample_actions_rtc``: the normalised chunk, whose [Ta:] is the next query's
+clean prefix, Ψ0's RTC); the first query of an episode is told it has none (``prev_valid`` False) and
+samples plainly. The scripted expert runs with ``rtc=False`` (no carry).
+
 The env must be built with ``camera=False``: the rollout renders with ``env.render`` at decision points
-only (a camera env would render at all 24 control steps of a chunk). Switch off host callbacks inside
+only (a camera env would render at all 24 control steps of a chunk), unless asked for ``frames="every"``
+(a frame per control step, for export). Switch off host callbacks inside
 ``env.step`` (System-0's ``warn_unsupported``): one would put a host round-trip in every control step
 (measured: 2.2× slower waves on CPU) and keep the wave out of the persistent compilation cache.
 
@@ -70,32 +77,69 @@ def _act_one(act: ActFn, params, obs, prompt_ids, key, beta, act_kwargs):
     return jax.tree.map(lambda x: x[0], out)
 
 
-def _query_step(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, act_kwargs, pol_keys, carry, q):
-    """One decision point for all envs: render, query the policy, execute Ta actions (inner scan)."""
-    state = carry
+def _query_policy(env, act: ActFn, params, prompt_ids, beta, act_kwargs, keys, state, prev):
+    """Renders every env and queries the policy once per env. ``prev``: None, or (prev_chunk [N, ...],
+    prev_valid bool [N]) passed to ``act`` as keywords (RTC). Returns (image u8[N, h, w, 3], act's output)."""
     image = jax.vmap(env.render)(state)
     obs = {**state.obs, "image": image, "t": state.info["step"]}  # t: i32[N] control step (episode clock)
-    keys = jax.vmap(lambda k: jax.random.fold_in(k, q))(pol_keys)
+    kw = dict(act_kwargs) if prev is None else {**act_kwargs, "prev_chunk": prev[0], "prev_valid": prev[1]}
     out = jax.vmap(functools.partial(_act_one, act), in_axes=(None, 0, 0, 0, None, 0))(
-        params, obs, prompt_ids, keys, beta, act_kwargs
+        params, obs, prompt_ids, keys, beta, kw
     )
+    return image, out
+
+
+def _query_step(
+    env,
+    act: ActFn,
+    ta: int,
+    record: bool,
+    rtc: bool,
+    frames: str,
+    params,
+    prompt_ids,
+    beta,
+    act_kwargs,
+    pol_keys,
+    carry,
+    q,
+):
+    """One decision point for all envs: render, query the policy, execute Ta actions (inner scan).
+
+    ``carry``: the env state, with ``rtc`` a pair (state, previous chunk state [N, ...]); at q = 0 the
+    previous chunk is marked invalid (the first query of an episode samples plainly)."""
+    state, prev = carry if rtc else (carry, None)
+    keys = jax.vmap(lambda k: jax.random.fold_in(k, q))(pol_keys)
+    valid = jnp.full(pol_keys.shape[:1], q > 0)
+    image, out = _query_policy(
+        env, act, params, prompt_ids, beta, act_kwargs, keys, state, None if prev is None else (prev, valid)
+    )
+    if rtc:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("with rtc=True, act must return (chunk or (execute, label), next prev_chunk)")
+        out, prev = out
     chunk, label = out if isinstance(out, tuple) else (out, out)
     for c in (chunk, label):
         if c.ndim != 3 or c.shape[1] < ta or c.shape[2] != env.action_size:
             raise ValueError(f"act must return f32[B, H >= {ta}, {env.action_size}] (or a pair of them), got {c.shape}")
     steps_in = jax.tree.map(lambda c: jnp.swapaxes(c[:, :ta].astype(jnp.float32), 0, 1), (chunk, label))
-    state, (states, actions) = jax.lax.scan(functools.partial(_control_step, env), state, steps_in)
-    out = (image, states, actions) if record else ()
-    return state, out
+    step = functools.partial(_control_step, env, record and frames == "every")
+    state, recs = jax.lax.scan(step, state, steps_in)
+    out = (image, *recs) if record else ()
+    return ((state, prev) if rtc else state), out
 
 
-def _control_step(env, state, action_label):
+def _control_step(env, render: bool, state, action_label):
     """One control step of all envs; done envs keep their state. Executes ``action``, records (state before,
-    ``label``): the same action, or the label chunk of an ``act`` that returns (execute, label)."""
+    ``label``): the same action, or the label chunk of an ``act`` that returns (execute, label); with
+    ``render`` also the frame of the state before the action."""
     action, label = action_label
     new = jax.vmap(env.step)(state, action)
     new = _where_tree(state.done > 0, state, new)
-    return new, (state.obs["state"], label)
+    rec = (state.obs["state"], label)
+    if render:
+        rec = (*rec, jax.vmap(env.render)(state))
+    return new, rec
 
 
 def _failure_cause(state) -> jax.Array:
@@ -116,29 +160,58 @@ def _reset(env, key, ids):
     return jax.vmap(env.reset)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(_episode_keys(key, ids)))
 
 
-def _wave(env, act: ActFn, ta: int, record: bool, params, prompt_ids, beta, key, ids, act_kwargs, state):
+def _wave(
+    env,
+    act: ActFn,
+    ta: int,
+    record: bool,
+    rtc: bool,
+    frames: str,
+    params,
+    prompt_ids,
+    beta,
+    key,
+    ids,
+    act_kwargs,
+    state,
+):
     """The closed loop from the reset states ``state`` (batched over the wave's N envs)."""
     n_queries = -(-int(env.config.episode_length) // ta)
     pol_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(_episode_keys(key, ids))
-    body = functools.partial(_query_step, env, act, ta, record, params, prompt_ids, beta, act_kwargs, pol_keys)
-    state, recs = jax.lax.scan(body, state, jnp.arange(n_queries))
+    body = functools.partial(
+        _query_step, env, act, ta, record, rtc, frames, params, prompt_ids, beta, act_kwargs, pol_keys
+    )
+    carry = state
+    if rtc:  # the carried chunk state has the shape act gives it at a first query (prev_chunk=None)
+        first = lambda st: _query_policy(env, act, params, prompt_ids, beta, act_kwargs, pol_keys, st, None)[1]
+        shape = jax.eval_shape(first, state)
+        if not (isinstance(shape, tuple) and len(shape) == 2):
+            raise ValueError("with rtc=True, act must return (chunk or (execute, label), next prev_chunk)")
+        carry = (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape[1]))
+    carry, recs = jax.lax.scan(body, carry, jnp.arange(n_queries))
+    state = carry[0] if rtc else carry
     out = {
         "success": state.metrics["success"] > 0,
         "n_steps": state.info["step"].astype(jnp.int32),
         "cause": _failure_cause(state),
     }
     if record:
-        image, states, actions = recs  # [Q, N, H, W, 3], [Q, Ta, N, 32], [Q, Ta, N, 36]
+        image, states, actions = recs[:3]  # [Q, N, H, W, 3], [Q, Ta, N, 32], [Q, Ta, N, 36]
         n = ids.shape[0]
-        out["images"] = jnp.swapaxes(image, 0, 1)
         out["states"] = jnp.moveaxis(states, 2, 0).reshape(n, n_queries * ta, -1)
         out["actions"] = jnp.moveaxis(actions, 2, 0).reshape(n, n_queries * ta, -1)
+        if frames == "every":  # [Q, Ta, N, H, W, 3] -> [N, Q·Ta, H, W, 3]
+            every = recs[3]
+            out["images"] = jnp.moveaxis(every, 2, 0).reshape(n, n_queries * ta, *every.shape[3:])
+        else:
+            out["images"] = jnp.swapaxes(image, 0, 1)
     return out
 
 
 # The wave's two programs (see the module docstring for why the reset is its own).
 _reset_jit = jax.jit(_reset, static_argnums=(0,))
-_wave_jit = jax.jit(_wave, static_argnums=(0, 1, 2, 3))
+_wave_jit = jax.jit(_wave, static_argnums=(0, 1, 2, 3, 4, 5))
+FRAMES = ("decision", "every")  # values of ``run_wave(frames=...)``
 
 
 def run_wave(
@@ -153,8 +226,11 @@ def run_wave(
     ta: int = TA,
     record: bool = True,
     act_kwargs: Mapping[str, jax.Array] | None = None,
+    rtc: bool = False,
+    frames: str = "decision",
 ) -> dict[str, jax.Array]:
-    """Runs N episodes closed-loop on device (a reset program per env, a loop program per (env, act, ta, record)).
+    """Runs N episodes closed-loop on device (a reset program per env, a loop program per
+    (env, act, ta, record, rtc, frames)).
 
     Args:
       env: a ``G1BendPick``-like env (single-env ``reset``/``step``/``render``), built with ``camera=False``.
@@ -170,16 +246,31 @@ def run_wave(
       ta: actions executed per query (static, ≤ H).
       record: also return the per-step records (static; False for evaluation).
       act_kwargs: extra per-env policy inputs with leading axis N (traced), e.g. ``{"uncond_ids": ...}``.
+      rtc: closed-loop real-time chunking (static). False: ``act`` as above. True: the rollout carries a
+        per-env chunk state through its scan and ``act`` is also called with ``prev_chunk=`` (that state,
+        batch 1) and ``prev_valid=`` (bool [B], False at the first query of an episode, True after) and
+        must return ``(result, next_prev_chunk)`` where ``result`` is what it returns without rtc; the
+        carry's shape is taken from ``act``'s output at a first query (``prev_chunk=None``), whose
+        carried value is then zeros. For the learned policy ``act = policy.sample_actions_rtc``, whose
+        chunk state is the normalised chunk f32[B, H, 36] and whose prefix is its [Ta:] (so pass
+        ``ta = config.execute``).
+      frames: "decision" (default): ``images`` holds the frame rendered at each decision point (what the
+        policy saw); "every": also renders inside the control loop and ``images`` holds one frame per
+        control step (for export, e.g. ``recap_jax.data.lerobot.export_lerobot``; Ta× the memory).
+        Static; only read with ``record``.
 
     Returns (device arrays): ``success`` bool [N], ``n_steps`` int32 [N], ``cause`` int8 [N] (index into
       ``FAILURE_CAUSES``), and with ``record``: ``images`` uint8 [N, Q, H, W, 3] (decision point q is control
-      step q·Ta), ``states`` f32 [N, Q·Ta, 32] (state before each action), ``actions`` f32 [N, Q·Ta, 36].
+      step q·Ta; with ``frames="every"`` [N, Q·Ta, H, W, 3], one per control step), ``states`` f32
+      [N, Q·Ta, 32] (state before each action), ``actions`` f32 [N, Q·Ta, 36].
       Entries at or past ``n_steps`` are padding.
     """
     if getattr(getattr(env, "config", None), "camera", False):
         raise ValueError("build the env with camera=False: the rollout renders only at decision points")
     if ta < 1:
         raise ValueError(f"ta must be >= 1, got {ta}")
+    if frames not in FRAMES:
+        raise ValueError(f"frames must be one of {FRAMES}, got {frames!r}")
     ids = jnp.asarray(ids, jnp.int32)
     prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
     if ids.ndim != 1 or prompt_ids.ndim != 2 or prompt_ids.shape[0] != ids.shape[0]:
@@ -187,7 +278,7 @@ def run_wave(
     act_kwargs = {} if act_kwargs is None else dict(act_kwargs)
     state = _reset_jit(env, key, ids)
     beta = jnp.asarray(beta, jnp.float32)
-    return _wave_jit(env, act, ta, record, params, prompt_ids, beta, key, ids, act_kwargs, state)
+    return _wave_jit(env, act, ta, record, bool(rtc), frames, params, prompt_ids, beta, key, ids, act_kwargs, state)
 
 
 @dataclasses.dataclass
@@ -202,6 +293,7 @@ class WaveResult:
     images: np.ndarray | None = None
     states: np.ndarray | None = None
     actions: np.ndarray | None = None
+    frames: str = "decision"
 
     def episodes(self, prompt: str, tags: Mapping[str, Any] | None = None) -> list[Episode]:
         """Converts each env's records to an ``Episode`` (only the valid prefix of every array)."""
@@ -211,13 +303,14 @@ class WaveResult:
         for i, eid in enumerate(self.episode_ids):
             n = int(self.n_steps[i])
             q = -(-n // self.ta)  # decision points at steps 0, Ta, ... < n
+            steps = np.arange(n) if self.frames == "every" else np.arange(q) * self.ta
             out.append(
                 Episode(
                     episode_id=int(eid),
                     states=self.states[i, :n],
                     actions=self.actions[i, :n],
-                    image_steps=(np.arange(q) * self.ta).astype(np.int32),
-                    images=self.images[i, :q],
+                    image_steps=steps.astype(np.int32),
+                    images=self.images[i, : steps.size],
                     prompt=prompt,
                     success=bool(self.success[i]),
                     n_steps=n,
@@ -239,7 +332,22 @@ def _prompt_rows(prompt: str, prompt_ids: np.ndarray | None, n: int) -> np.ndarr
 
 
 def _waves(
-    env, act, params, ids: list[int], *, seed, namespace, num_envs, prompt, prompt_ids, beta, ta, record, act_kwargs
+    env,
+    act,
+    params,
+    ids: list[int],
+    *,
+    seed,
+    namespace,
+    num_envs,
+    prompt,
+    prompt_ids,
+    beta,
+    ta,
+    record,
+    act_kwargs,
+    rtc=False,
+    frames="decision",
 ):
     """Yields a ``WaveResult`` per group of ≤ ``num_envs`` ids (the last wave is padded, padding dropped)."""
     if num_envs < 1:
@@ -250,7 +358,20 @@ def _waves(
         chunk = ids[start : start + num_envs]
         padded = np.array(chunk + [chunk[-1]] * (num_envs - len(chunk)), np.int32)
         out = jax.device_get(
-            run_wave(env, act, params, rows, beta, key, padded, ta=ta, record=record, act_kwargs=act_kwargs)
+            run_wave(
+                env,
+                act,
+                params,
+                rows,
+                beta,
+                key,
+                padded,
+                ta=ta,
+                record=record,
+                act_kwargs=act_kwargs,
+                rtc=rtc,
+                frames=frames,
+            )
         )
         k = len(chunk)
         yield WaveResult(
@@ -262,6 +383,7 @@ def _waves(
             images=out["images"][:k] if record else None,
             states=out["states"][:k] if record else None,
             actions=out["actions"][:k] if record else None,
+            frames=frames,
         )
 
 
@@ -291,6 +413,8 @@ def collect(
     act_kwargs: Mapping[str, Any] | None = None,
     namespace: int = COLLECT,
     progress: bool = True,
+    rtc: bool = False,
+    frames: str = "decision",
 ) -> dict[str, Any]:
     """Collects episodes ``first_id .. first_id + num_episodes − 1`` into ``store``, one ``append`` per wave.
 
@@ -298,7 +422,9 @@ def collect(
     with its own key), so afterwards the store holds every requested id exactly once.
 
     Args:
-      env, act, params, beta, ta, act_kwargs: as ``run_wave``.
+      env, act, params, beta, ta, act_kwargs, rtc: as ``run_wave``.
+      frames: "decision" (the store's imaged steps are the decision points, what the policy saw and what
+        the loader trains on) or "every" (an image at every control step, e.g. for ``export_lerobot``).
       store: ``recap_jax.data.EpisodeStore``.
       prompt: the bare instruction stored with each episode (and tokenised when ``prompt_ids`` is None).
       prompt_ids: int32 [L] (or [1, L]) ids given to the policy, e.g. an advantage-prefixed prompt.
@@ -330,6 +456,8 @@ def collect(
         ta=ta,
         record=True,
         act_kwargs=act_kwargs,
+        rtc=rtc,
+        frames=frames,
     ):
         store.append(wave.episodes(prompt, tags))
         done += len(wave.episode_ids)
@@ -362,10 +490,12 @@ def evaluate(
     ta: int = TA,
     act_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
+    rtc: bool = False,
 ) -> dict[str, np.ndarray]:
     """Evaluates a policy on the held-out episodes ``0 .. num_episodes − 1`` of the ``EVAL`` key namespace.
 
     The same (seed, num_episodes) gives every condition the same initial states, so results pair by index.
+    ``rtc``: as ``run_wave`` (True with ``act = policy.sample_actions_rtc``).
 
     Returns: {"episode_ids" int64 [E], "success" bool [E], "n_steps" int32 [E], "cause" int8 [E] (index into
       ``FAILURE_CAUSES``)}, in episode-id order.
@@ -388,6 +518,7 @@ def evaluate(
         ta=ta,
         record=False,
         act_kwargs=act_kwargs,
+        rtc=rtc,
     ):
         parts.append(wave)
         succ += int(wave.success.sum())

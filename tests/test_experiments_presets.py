@@ -126,3 +126,18 @@ def test_presets_build_the_stage_configs(name):
     assert glue.label_config(cfg).positive_fraction == cfg.labels.positive_fraction
     opt = glue.optimizer_config(cfg.finetune, cfg.finetune.steps)
     assert (opt.lr, opt.total_steps) == (cfg.finetune.learning_rate, cfg.finetune.steps)
+
+
+def test_presets_name_their_loss_reduction():
+    """Every preset says which flow-matching loss reduction it trains with; glue passes it to PolicyConfig."""
+    from experiments import glue
+
+    for cfg in presets.PRESETS.values():
+        assert glue.policy_config(cfg).loss_reduction == dict(cfg.policy)["loss_reduction"]
+    assert glue.policy_config(presets.CPU).loss_reduction == "mean"
+    assert glue.policy_config(presets.PAPER).loss_reduction == "psi0"
+    bare = tuple(kv for kv in presets.SMOKE.policy if kv[0] != "loss_reduction")
+    with pytest.raises(ValueError, match="loss_reduction"):
+        dataclasses.replace(presets.SMOKE, policy=bare)
+    with pytest.raises(ValueError, match="loss_reduction"):
+        dataclasses.replace(presets.SMOKE, policy=(*bare, ("loss_reduction", "sum")))

@@ -209,3 +209,91 @@ def test_sft_norm_stats_come_from_stats_psi0(tmp_path):
     np.testing.assert_array_equal(np.asarray(norm.state_max), want["states"]["max"])
     np.testing.assert_array_equal(np.asarray(norm.action_min), want["action"]["min"])
     np.testing.assert_array_equal(np.asarray(norm.action_max), want["action"]["max"])
+
+
+# ---- a frame at every control step: rollout(frames="every") → export → import -------------------
+
+
+def _step_env():
+    """A minimal env with the G1BendPick contract (x' = x + 0.1·a[:32], 10 steps); frames encode x and t."""
+    import jax
+    import jax.numpy as jnp
+    from flax import struct
+
+    @struct.dataclass
+    class State:
+        obs: dict
+        reward: jax.Array
+        done: jax.Array
+        metrics: dict
+        info: dict
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        episode_length: int = 10
+        camera: bool = False
+
+    class Env:
+        action_size, state_size, config = 36, 32, Config()
+
+        def reset(self, key):
+            z = jnp.zeros((), jnp.float32)
+            x = jax.random.uniform(key, (32,), minval=-0.5, maxval=0.5)
+            return State({"state": x}, z, z, {"success": z, "fell": z}, {"step": jnp.zeros((), jnp.int32)})
+
+        def step(self, state, action):
+            t = state.info["step"] + 1
+            done = (t >= self.config.episode_length).astype(jnp.float32)
+            return state.replace(obs={"state": state.obs["state"] + 0.1 * action[:32]}, done=done, info={"step": t})
+
+        def render(self, state):
+            return frame(state.obs["state"], state.info["step"])
+
+    def frame(x, t):
+        px = jnp.clip(x[:3] * 100 + 128, 0, 255).astype(jnp.uint8)
+        img = jnp.broadcast_to(px, (32, 32, 3))
+        return img.at[:8, :8].set(jnp.asarray(t * 20, jnp.uint8))  # the step as an 8x8 block (survives H.264)
+
+    return Env(), frame
+
+
+def test_rollout_frames_every_step_export_import(tmp_path):
+    import jax
+
+    from recap_jax import rollout
+
+    env, frame = _step_env()
+
+    def act(params, obs, prompt_ids, key, *, beta=1.0):
+        return 0.3 * jax.random.normal(key, (obs["state"].shape[0], 8, 36))
+
+    kw = dict(prompt="bend to pick up the cracker box", num_envs=2, ta=4, progress=False)
+    every = EpisodeStore(tmp_path / "every", create=True)
+    rollout.collect(env, act, {}, every, 2, frames="every", **kw)
+    decision = EpisodeStore(tmp_path / "decision", create=True)
+    rollout.collect(env, act, {}, decision, 2, **kw)
+    for e, d in zip(every.load(), decision.load(), strict=True):
+        assert e.n_steps == 10
+        np.testing.assert_array_equal(e.image_steps, np.arange(10))
+        np.testing.assert_array_equal(d.image_steps, [0, 4, 8])
+        np.testing.assert_array_equal(e.states, d.states)  # same keys, same episode
+        for j in range(10):  # the frame of each control step is the render of that step's state
+            np.testing.assert_array_equal(e.images[j], np.asarray(frame(e.states[j], j)))
+        np.testing.assert_array_equal(e.images[d.image_steps], d.images)
+    root = lerobot.export_lerobot(tmp_path / "every", tmp_path / "ds")
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["recap_jax"]["video_frames_missing"] == 0 and "every control step" in info["recap_jax"]["video_frames"]
+    for i in range(2):
+        frames = lerobot.decode_video(root / info["video_path"].format(episode_chunk=0, episode_index=i))
+        assert frames.shape == (10, 32, 32, 3)
+    back = lerobot.import_lerobot(root, tmp_path / "back", image_size=(32, 32))
+    for a, b in zip(every.load(), back.load(), strict=True):
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(b.image_steps, np.arange(10))
+        assert np.abs(a.images.astype(np.float32) - b.images.astype(np.float32)).mean() <= 3.0
+    # decision-point frames only: the export writes those and says how many rows have none
+    info_d = json.loads(
+        (lerobot.export_lerobot(tmp_path / "decision", tmp_path / "ds_d") / "meta/info.json").read_text()
+    )
+    assert info_d["recap_jax"]["video_frames_missing"] == 2 * (10 - 3) and "only" in info_d["recap_jax"]["video_frames"]

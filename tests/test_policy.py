@@ -427,6 +427,49 @@ def test_psi0_rtc_prefix(cfg, params):
         P.sample_actions(p, obs, ids, key, prefix=prefix, prefix_valid=jnp.ones((B + 1,), bool))
 
 
+_sample_rtc = jax.jit(P.sample_actions_rtc)
+
+
+def test_sample_actions_rtc_feeds_the_normalised_previous_chunk(cfg, params):
+    """The closed-loop act (rollout, server): the previous chunk's normalised [Ta:] is the prefix, fed as
+    the sampler made it (not clipped by a round trip through absolute units); no previous chunk, an
+    invalid row or rtc="off" sample plainly; "inpaint" starts with exactly the un-normalised prefix."""
+    rng = np.random.default_rng(4)
+    p = P.with_norm_stats(params, P.NormStats.from_arrays(rng.normal(size=(50, 32)), rng.normal(size=(50, 36)) * 2))
+    obs, ids = _obs(), _ids(cfg, HIGH)[0]
+    key = jax.random.key(8)
+    d = cfg.chunk - cfg.execute
+    free = _sample(p, obs, ids, key)
+    first, first_n = _sample_rtc(p, obs, ids, key)
+    np.testing.assert_array_equal(first, free)
+    np.testing.assert_allclose(P.unnormalize_actions(p, first_n), first, atol=1e-6)
+    # within [-1, 1] the normalised feed equals the absolute prefix of sample_actions
+    prev = jnp.asarray(rng.uniform(-0.9, 0.9, size=(B, cfg.chunk, 36)), jnp.float32)
+    a, a_n = _sample_rtc(p, obs, ids, key, prev_chunk=prev, prev_valid=jnp.ones(B, bool))
+    ref = _sample(p, obs, ids, key, prefix=P.unnormalize_actions(p, prev[:, cfg.execute :]))
+    np.testing.assert_allclose(a, ref, atol=1e-5)
+    assert float(jnp.max(jnp.abs(a[:, d:] - free[:, d:]))) > 1e-3
+    # the chunk starts with the prefix, moved only by the last Euler step (σ 0.001 → 0)
+    np.testing.assert_allclose(a_n[:, :d], prev[:, cfg.execute :], atol=0.02)
+    # outside [-1, 1] (the sampler's output is not clipped) the prefix is not clipped either
+    far = prev.at[:, cfg.execute :].multiply(3.0)
+    b_far = _sample_rtc(p, obs, ids, key, prev_chunk=far, prev_valid=jnp.ones(B, bool))[1]
+    np.testing.assert_allclose(b_far[:, :d], far[:, cfg.execute :], atol=0.02)
+    # first queries of an episode (prev_valid False) sample plainly, row by row
+    mixed = _sample_rtc(p, obs, ids, key, prev_chunk=prev, prev_valid=jnp.arange(B) > 0)[0]
+    np.testing.assert_allclose(mixed[0], free[0], atol=1e-5)
+    np.testing.assert_allclose(mixed[1:], a[1:], atol=1e-5)
+    off = _sample_rtc(P.replace_config(p, rtc="off"), obs, ids, key, prev_chunk=prev, prev_valid=jnp.ones(B, bool))
+    np.testing.assert_allclose(off[0], free, atol=1e-5)
+    inp = _sample_rtc(P.replace_config(p, rtc="inpaint"), obs, ids, key, prev_chunk=prev, prev_valid=jnp.ones(B, bool))
+    np.testing.assert_allclose(inp[0][:, :d], P.unnormalize_actions(p, prev[:, cfg.execute :]), atol=1e-5)
+    np.testing.assert_allclose(inp[1][:, :d], prev[:, cfg.execute :], atol=1e-6)
+    with pytest.raises(ValueError, match="prev_chunk must be"):
+        P.sample_actions_rtc(p, obs, ids, key, prev_chunk=prev[:, 1:])
+    with pytest.raises(ValueError, match="prev_valid needs"):
+        P.sample_actions_rtc(p, obs, ids, key, prev_valid=jnp.ones(B, bool))
+
+
 def test_euler_sample_prefix_valid_switches_rows():
     """``flow.euler_sample(prefix=, prefix_valid=)`` (what ``sample_actions`` runs for rtc="psi0"): rows
     with a valid prefix follow Ψ0's RTC sampler, rows without it the plain sampler, exactly."""

@@ -276,3 +276,86 @@ def test_paired_act_executes_one_chunk_and_records_the_other(env):
     np.testing.assert_array_equal(out["states"], ref["states"])
     for i, n in enumerate(out["n_steps"]):
         np.testing.assert_allclose(out["actions"][i, :n], ref["actions"][i, :n] + 100.0, rtol=1e-6)
+
+
+# ---- closed-loop RTC with the learned policy ------------------------------------------------------
+
+
+class ImageEnv(FakeEnv):
+    """FakeEnv with 32×32 frames (a size the tiny policy reads)."""
+
+    def render(self, state):
+        return jnp.broadcast_to(super().render(state)[:1, :1], (32, 32, 3))
+
+
+@pytest.fixture(scope="module")
+def rtc_setup():
+    from recap_jax import policy
+
+    cfg = policy.PolicyConfig(image_size=(32, 32), chunk=8, execute=TA, rtc="psi0")
+    # dims 0 and 1 (success / fall in FakeEnv) get a tiny range, so every episode runs to the end
+    span = jnp.full((36,), 2.0).at[:2].set(0.01)
+    norm = policy.NormStats(-jnp.ones(32), jnp.ones(32), -span, span)
+
+    def make(seed):
+        p = policy.init_policy(cfg, jax.random.key(seed), norm)
+        leaves, treedef = jax.tree.flatten(p.model)  # off the zero-init head, so velocities are not 0
+        keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+        return p.replace(
+            model=jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+        )
+
+    return policy, make(0), make(1)
+
+
+def test_rtc_rollout_feeds_the_previous_chunk(rtc_setup):
+    """rollout(rtc=True) with ``policy.sample_actions_rtc``: the first query of an episode samples plainly,
+    every later one gets the previous chunk's normalised [Ta:] as Ψ0's clean prefix (so its chunk starts
+    with the previous chunk's [Ta:]); matches a step-by-step host replay; rtc="off" differs after the
+    first query; params, prompt and β do not recompile."""
+    policy, params, other = rtc_setup
+    env = ImageEnv(episode_length=12)
+    act = policy.sample_actions_rtc
+    ids = jnp.arange(3)
+    tok = ByteTokenizer()
+    rows = np.broadcast_to(tok.encode(PROMPT)[0], (3, 64))
+    key = jax.random.fold_in(jax.random.key(0), rollout.COLLECT)
+    out = jax.device_get(rollout.run_wave(env, act, params, rows, 1.0, key, ids, ta=TA, rtc=True))
+    assert (out["n_steps"] == 12).all()
+    size = rollout._wave_jit._cache_size()
+
+    # host replay of episode 1 with the same keys
+    sample, plain = jax.jit(policy.sample_actions_rtc), jax.jit(policy.sample_actions)
+    k = rollout.episode_key(0, rollout.COLLECT, 1)
+    state = env.reset(jax.random.fold_in(k, 0))
+    pk = jax.random.fold_in(k, 1)
+    prev, chunks = None, []
+    for q in range(3):
+        obs = jax.tree.map(lambda a: a[None], {**state.obs, "image": env.render(state), "t": state.info["step"]})
+        qk = jax.random.fold_in(pk, q)
+        if prev is None:
+            chunk, prev = sample(params, obs, jnp.asarray(rows[:1]), qk)
+            np.testing.assert_allclose(chunk, plain(params, obs, jnp.asarray(rows[:1]), qk), atol=1e-6)
+        else:
+            chunk, prev = sample(params, obs, jnp.asarray(rows[:1]), qk, prev_chunk=prev, prev_valid=jnp.ones(1, bool))
+        chunks.append(np.asarray(chunk[0]))
+        np.testing.assert_allclose(out["actions"][1, q * TA : (q + 1) * TA], chunks[-1][:TA], atol=1e-5)
+        for j in range(TA):
+            state = env.step(state, chunk[0, j])
+    d = 8 - TA
+    for q in (1, 2):  # the new chunk starts with the previous one's [Ta:] (last Euler step σ 0.001 → 0 aside)
+        np.testing.assert_allclose(chunks[q][:d], chunks[q - 1][TA:], atol=0.05)
+        assert np.abs(chunks[q][:d] - chunks[q - 1][TA:]).max() < 0.1 * np.abs(chunks[q - 1][TA:]).max()
+
+    off = jax.device_get(
+        rollout.run_wave(env, act, policy.replace_config(params, rtc="off"), rows, 1.0, key, ids, ta=TA, rtc=True)
+    )
+    np.testing.assert_allclose(off["actions"][:, :TA], out["actions"][:, :TA], atol=1e-6)
+    assert np.abs(off["actions"][:, TA:] - out["actions"][:, TA:]).max() > 1e-2
+    # other params (same config), another prompt, another β: the same compiled wave
+    rows2 = np.broadcast_to(tok.encode("advantage: high. " + PROMPT)[0], (3, 64))
+    for p, r, b in ((other, rows, 1.0), (params, rows2, 1.0), (params, rows, 0.7)):
+        rollout.run_wave(env, act, p, r, b, key, ids, ta=TA, rtc=True)
+    assert rollout._wave_jit._cache_size() == size + 1  # + the rtc="off" config (a static field of params)
+    with pytest.raises(ValueError, match="rtc=True"):
+        rollout.run_wave(env, fake_act, PARAMS, rows, 1.0, key, ids, ta=TA, rtc=True)

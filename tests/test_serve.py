@@ -69,21 +69,21 @@ def test_golden_requests_health_sessions(url):
     assert a.dtype == np.float32 and a.shape == (24, 36) and np.all(np.isfinite(a))
     assert out["err"] == 0.0 and codec.decode_array(out["traj_image"], "t").shape == (1, 1, 3)
     sid = first["history"]["session_id"]
-    pre = server.sessions[sid]["prefix"].copy()
+    pre = server.sessions[sid]["prev_chunk"].copy()
     # a second interleaved session keeps its own RTC state
     other = copy.deepcopy(first)
     other["history"]["session_id"] = "other"
     other["history"]["episode_index"] = 9
     assert post(base + "/act", other)[0] == 200
-    np.testing.assert_array_equal(server.sessions[sid]["prefix"], pre)
-    assert not np.array_equal(server.sessions["other"]["prefix"], pre)
+    np.testing.assert_array_equal(server.sessions[sid]["prev_chunk"], pre)
+    assert not np.array_equal(server.sessions["other"]["prev_chunk"], pre)
     st, out2 = post(base + "/act", later)
     assert st == 200 and codec.decode_array(out2["action"], "a").shape == (24, 36)
     assert server.sessions[sid]["t0"] == 0
     # replay with reset: same actions (determinism from seed, episode, step) and the prefix is cleared
     st, out3 = post(base + "/act", first)
     np.testing.assert_array_equal(codec.decode_array(out3["action"], "a"), a)
-    np.testing.assert_array_equal(server.sessions[sid]["prefix"], pre)  # reset dropped the later chunk's prefix
+    np.testing.assert_array_equal(server.sessions[sid]["prev_chunk"], pre)  # reset dropped the later chunk's prefix
     # stateless request (no session id)
     req = parse_request(first)
     st, out4 = post(base + "/act", build_request(req.image, req.state, "Bend"))

@@ -356,7 +356,9 @@ def export_lerobot(store_dir: str | os.PathLike, root: str | os.PathLike, *, fps
     ``recap.success`` (bool, the episode outcome on every row), ``recap.video_frame_index`` (int64, the
     row's frame in the mp4, -1 where the store has no image) and ``recap.annotation.<name>`` (float32,
     the store annotation at imaged rows, NaN elsewhere: ``return``, ``value``, ``advantage``, ``label``...).
-    The mp4 holds only the store's imaged steps, at the store's image size. Fields the store does not
+    The mp4 holds the store's imaged steps, at the store's image size: a frame per row for a store
+    collected with ``rollout.collect(frames="every")``, else only the decision points, and info.json
+    ``recap_jax.video_frames`` / ``video_frames_missing`` say which. Fields the store does not
     record (``observation.leg_joints`` etc., ``environment_config``) are listed in info.json
     ``recap_jax.absent_fields``, never invented. Returns ``root``. ``meta/info.json`` is written last.
     """
@@ -494,9 +496,14 @@ def export_lerobot(store_dir: str | os.PathLike, root: str | os.PathLike, *, fps
                 "environment_config",
             ],
             "video_frames": (
-                f"only the store's imaged steps ({imaged_total} of {n_steps} rows), at the store's image size; "
-                f"{VIDEO_FRAME_KEY} maps each row to its mp4 frame (-1: no image)"
+                f"one per row (every control step), at the store's image size; {VIDEO_FRAME_KEY} maps each "
+                "row to its mp4 frame"
+                if imaged_total == n_steps
+                else f"only the store's imaged steps ({imaged_total} of {n_steps} rows), at the store's image "
+                f"size; {VIDEO_FRAME_KEY} maps each row to its mp4 frame (-1: no image). Collect with "
+                "rollout.collect(frames='every') for a frame at every control step"
             ),
+            "video_frames_missing": n_steps - imaged_total,
             "annotation_fill": "annotation columns are NaN on rows without an image",
         },
     }

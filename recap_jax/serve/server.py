@@ -114,8 +114,10 @@ class SimpleServer:
     """Per-session state + micro-batched jitted sampling for one policy.
 
     Args:
-      params: ``PolicyParams``. advantage: "high" | "low" | None (prompt indicator). rtc: the previous chunk's
-      [Ta:] of a session as ``prefix`` (True) or none. max_batch, max_wait_ms: batching. seed: noise seed;
+      params: ``PolicyParams``. advantage: "high" | "low" | None (prompt indicator). rtc: a session's
+      previous chunk (normalised, as the sampler made it) fed back as ``prev_chunk`` to
+      ``policy.sample_actions_rtc`` (True: its [Ta:] is the clean prefix when ``config.rtc`` is not "off";
+      the same code path as the rollout) or none. max_batch, max_wait_ms: batching. seed: noise seed;
       row noise = fold_in(fold_in(key(seed), episode_index), step_index). session_ttl_s: idle expiry.
     """
 
@@ -130,13 +132,16 @@ class SimpleServer:
         self._worker = None
         cfg = self.cfg
 
-        def one(img, state, t, ids, mask, key, prefix):
+        def one(img, state, t, ids, mask, key, prev):
             img = jax.image.resize(img.astype(jnp.float32), (*cfg.image_size, 3), "linear")
             obs = {"state": state[None], "image": jnp.clip(jnp.round(img), 0, 255).astype(jnp.uint8)[None]}
             if cfg.phase_steps:
                 obs["t"] = t[None]
-            pre = None if prefix is None else prefix[None]
-            return policy.sample_actions(params, obs, ids[None], key, prefix=pre, prompt_mask=mask[None])[0]
+            pre = None if prev is None else prev[None]
+            actions, chunk = policy.sample_actions_rtc(
+                params, obs, ids[None], key, prev_chunk=pre, prompt_mask=mask[None]
+            )
+            return actions[0], chunk[0]
 
         self._fn_plain = jax.jit(jax.vmap(lambda *a: one(*a, None)))
         self._fn_prefix = jax.jit(jax.vmap(one))
@@ -152,7 +157,7 @@ class SimpleServer:
         if req.reset or sess is None:
             if sess is None and not req.reset:
                 log.warning("unknown session %r without reset: starting a new one", req.session_id)
-            sess = {"t0": req.step_index, "prefix": None}
+            sess = {"t0": req.step_index, "prev_chunk": None}
             self.sessions[req.session_id] = sess
         sess["seen"] = now
         return sess
@@ -162,7 +167,7 @@ class SimpleServer:
         t = req.step_index - sess["t0"] if sess is not None else 0
         ids, mask = policy.tokenize(self.cfg, [format_prompt(req.instruction, self.advantage)])
         key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), req.episode_index), req.step_index)
-        prefix = sess["prefix"] if (sess is not None and self.rtc) else None
+        prefix = sess["prev_chunk"] if (sess is not None and self.rtc) else None
         return dict(
             img=req.image,
             state=req.state,
@@ -174,8 +179,9 @@ class SimpleServer:
             sess=sess,
         )
 
-    def run_batch(self, items: list[dict]) -> list[np.ndarray]:
-        """Samples one padded batch (all with or all without prefix) → list of f32 [Ta, 36]."""
+    def run_batch(self, items: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Samples one padded batch (all with or all without a previous chunk, item "prefix") → list of
+        (absolute chunk f32 [H, 36], normalised chunk f32 [H, 36])."""
         n = len(items)
         size = next(s for s in self.sizes if s >= n)
         pad = items + [items[0]] * (size - n)
@@ -185,7 +191,8 @@ class SimpleServer:
             out = self._fn_plain(*args)
         else:
             out = self._fn_prefix(*args, np.stack([it["prefix"] for it in pad]))
-        return list(np.asarray(out, np.float32)[:n])
+        actions, chunks = (np.asarray(x, np.float32) for x in out)
+        return list(zip(actions[:n], chunks[:n]))
 
     def warmup(self) -> None:
         """Compiles every padded size for both paths (no recompiles afterwards)."""
@@ -198,7 +205,7 @@ class SimpleServer:
             key=jax.random.key_data(jax.random.key(0)),
             prefix=None,
         )
-        pre = np.zeros((self.cfg.chunk - self.cfg.execute, self.cfg.action_dim), np.float32)
+        pre = np.zeros((self.cfg.chunk, self.cfg.action_dim), np.float32)
         for s in self.sizes:
             self.run_batch([dummy] * s)
             if self.rtc:
@@ -213,9 +220,9 @@ class SimpleServer:
         item = self._prepare(req)
         fut = asyncio.get_running_loop().create_future()
         await self.queue.put((item, fut))
-        chunk = await fut
+        chunk, normalised = await fut
         if item["sess"] is not None:
-            item["sess"]["prefix"] = chunk[self.cfg.execute :]
+            item["sess"]["prev_chunk"] = normalised
         return chunk[: self.cfg.execute]
 
     async def _loop(self) -> None:
