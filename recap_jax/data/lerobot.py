@@ -14,6 +14,19 @@ interrupted import leaves only whole episodes and a rerun skips the episodes alr
 ``stats_psi0.json`` is validated and copied beside the store (``store_dir/stats_psi0.json``), written last,
 after every episode: its presence marks a complete import.
 
+Checked against the real writer and reader (SIMPLE ``scripts/postprocess_psi0.py`` at 6a5efa5; LeRobot
+v0.3.3, codebase v2.1, ``datasets/utils.py``). What a SIMPLE-written dataset has and the reader accepts:
+``states``/``action`` declared with shape [-1] (the parquet width is checked instead), list<double> columns
+(``.tolist()``; cast back to float32 bit-exactly), float64 timestamps, no ``splits``, an ``index`` column that
+is the source index plus a running offset (not checked against ``dataset_from_index``), an inclusive
+``dataset_to_index`` and the task row as ``instruction``; LeRobot's own writer lists task strings (not
+indices) in episodes.jsonl and puts ``{video_key}`` in ``video_path`` — both read. The export writes
+SIMPLE's meta files (incl. ``modality.json``, empty ``relative_stats.json`` / ``lang_map.json``), its stats keys
+(states, action, timestamp, frame_index, episode_index, index, task_index, next.done) and episodes.jsonl
+fields, and LeRobot's feature schema (``names``, the video ``info`` block beside SIMPLE's ``video_info``,
+shapes [32]/[36] with fixed-size float32 list columns, which LeRobot's reader maps to ``Sequence(length)``).
+Prompts: the store holds ``advantage.instruction_text(task)`` (lower-cased, as Ψ0 trains).
+
 Images are resized like the policy's camera consumer (``recap_jax.models.resnet``):
 ``jax.image.resize(..., method="bilinear", antialias=True)``, then rounded to uint8.
 """
