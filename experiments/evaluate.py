@@ -226,6 +226,7 @@ class EvalArgs(common.StageArgs):
       indicator_dropout: the checkpoint's training indicator dropout (for its config).
       policy_url: evaluate the policy behind a SIMPLE-protocol server instead (e.g. http://127.0.0.1:22085).
       episodes: with --policy-url, the number of held-out episodes (default: the preset's).
+      num_envs: with --policy-url, envs stepped together and requests in flight (default: the preset's).
       save: with --checkpoint or --policy-url, also write the per-episode outcomes there (an ``Outcomes`` .npz,
         paired by index with the study's ``DIR/evaluate/<condition>.npz``) and ``<stem>_detail.npz`` beside it.
     """
@@ -238,6 +239,7 @@ class EvalArgs(common.StageArgs):
     save: Path | None = None
     policy_url: str | None = None
     episodes: int | None = None
+    num_envs: int | None = None
 
 
 def main(argv=None) -> None:
@@ -254,7 +256,7 @@ def main(argv=None) -> None:
 
             cfg = get_preset(args.preset or "smoke")
             cfg = cfg if args.seed is None else dataclasses.replace(cfg, seed=args.seed)
-        res = evaluate_url(cfg, args.policy_url, num_episodes=args.episodes)
+        res = evaluate_url(cfg, args.policy_url, num_episodes=args.episodes, num_envs=args.num_envs)
         what = args.policy_url
     else:
         cfg = common.load_or_init_config(args.out, args.preset, args.seed)

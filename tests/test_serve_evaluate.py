@@ -18,6 +18,7 @@ import pytest
 
 from experiments import evaluate, glue
 from experiments.presets import get_preset
+from experiments.report import Outcomes
 from recap_jax import policy, rollout, stats
 from recap_jax.serve.client import FRAME_SIZE, evaluate_remote
 from recap_jax.serve.server import SimpleServer, build_app, noise_key, sample_row
@@ -88,23 +89,28 @@ def _in_process(cfg, params):
 
 def test_http_evaluation_matches_in_process(served, tmp_path):
     cfg, params, url, server = served
-    remote = evaluate.evaluate_url(cfg, url, num_episodes=N, num_envs=N)
-    assert set(remote) == {"episode_ids", "success", "n_steps", "cause"}
-    np.testing.assert_array_equal(remote["episode_ids"], np.arange(N))
-    assert remote["success"].dtype == bool and remote["n_steps"].dtype == np.int32 and remote["cause"].dtype == np.int8
+    # the CLI: python -m experiments.evaluate --out RUN --policy-url URL --episodes N --num-envs N --save PATH
+    run, path = tmp_path / "run", tmp_path / "remote.npz"
+    evaluate.main(
+        ["--out", str(run), "--policy-url", url, "--episodes", str(N), "--num-envs", str(N), "--save", str(path)]
+    )
+    assert not run.exists()  # nothing written into --out
+    remote = Outcomes.load(str(path))
+    with np.load(path.with_name("remote_detail.npz")) as z:
+        cause = z["cause"]
+    assert remote.episodes == N and cause.dtype == np.int8
     # every episode ran: one session per episode, reset on its first query, the clock counted from it
     assert len(server.sessions) == N and all(s["t0"] == 0 for s in server.sessions.values())
+    assert sorted(int(k.rsplit("-", 1)[1]) for k in server.sessions) == list(range(N))
     local = _in_process(cfg, params)
-    for name in ("success", "n_steps", "cause"):
-        np.testing.assert_array_equal(remote[name], local[name], err_msg=name)
-    assert np.all(remote["n_steps"] > 0)
-    k_r, k_l = int(remote["success"].sum()), int(local["success"].sum())
+    np.testing.assert_array_equal(remote.success, local["success"])
+    np.testing.assert_array_equal(remote.steps, local["n_steps"])
+    np.testing.assert_array_equal(cause, local["cause"])
+    assert np.all(remote.steps > 0)
+    k_r, k_l = int(remote.success.sum()), int(local["success"].sum())
     lo_r, hi_r = stats.wilson_interval(k_r, N)
     lo_l, hi_l = stats.wilson_interval(k_l, N)
     assert lo_r <= k_l / N <= hi_r and lo_l <= k_r / N <= hi_l
-    # the report code reads the remote outcomes like an in-process evaluation's
-    out = evaluate.save_outcomes(remote, tmp_path / "remote.npz")
-    assert out.episodes == N and np.array_equal(out.steps, remote["n_steps"])
 
 
 def test_remote_needs_simple_frame(served):
