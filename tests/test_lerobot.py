@@ -281,6 +281,13 @@ def test_import_as_simple_and_lerobot_write_it(tmp_path):
         np.testing.assert_array_equal(np.concatenate([e.states for e in eps]), exp["states"])
         np.testing.assert_array_equal(np.concatenate([e.actions for e in eps]), exp["actions"])
         assert [e.prompt for e in eps] == ["bend to pick up the cracker box", "bend to pick up the mustard bottle"]
+    # declared [-1], the parquet's width is what is checked
+    f = simple / "data/chunk-000/episode_000001.parquet"
+    t = pq.read_table(f)
+    narrow = pa.array([row[:31] for row in t.column("states").to_pylist()])
+    pq.write_table(t.set_column(t.column_names.index("states"), "states", narrow), f)
+    with pytest.raises(ValueError, match=r"episode_000001.parquet: column 'states' has shape \[31\], expected \[32\]"):
+        lerobot.import_lerobot(simple, tmp_path / "narrow", image_size=(24, 40))
 
 
 def test_export_layout_matches_simple_writer(tmp_path, imported):

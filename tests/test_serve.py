@@ -129,6 +129,8 @@ def test_malformed_json_400(url):
 
 
 def test_episode_clock_and_unknown_session():
+    with pytest.raises(ValueError, match=r"config\.rtc is 'off'"):
+        SimpleServer(policy.replace_config(_tiny_params(), rtc="off"), rtc=True)
     server = SimpleServer(_tiny_params(), max_batch=1)
     first, later = parse_request(_body("request_first.json")), parse_request(_body("request_later.json"))
     assert first.instruction == "bend to pick up the cracker box" and first.reset and not later.reset
