@@ -90,15 +90,26 @@ def config_from_dict(d: Mapping[str, Any]) -> StudyConfig:
     return dataclasses.replace(base, **changes)
 
 
+def read_config(out: str | os.PathLike) -> StudyConfig:
+    """The config of an existing run directory, read only (nothing is written): ``ValueError`` naming
+    ``OUT/config.json`` when it is missing or unreadable."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; {out} is not a study run directory (no config.json)")
+    try:
+        return config_from_dict(read_json(path))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: not a study config ({e})") from e
+
+
 def load_or_init_config(out: str | os.PathLike, preset: str | None, seed: int | None = None) -> StudyConfig:
     """The run directory's config; a new directory takes the named preset (and seed) and records it.
 
     A preset or seed that disagrees with an existing run directory raises ``StageError``.
     """
     out = Path(out)
-    path = out / "config.json"
-    if path.exists():
-        cfg = config_from_dict(read_json(path))
+    if (out / "config.json").exists():
+        cfg = read_config(out)
         if preset is not None and preset != cfg.name:
             raise StageError(f"{out} holds a {cfg.name!r} study; use another --out for preset {preset!r}")
         if seed is not None and seed != cfg.seed:

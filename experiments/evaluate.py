@@ -10,7 +10,9 @@ namespace EVAL), so outcomes pair by index.
 Writes ``DIR/evaluate/<condition>.npz`` (success, steps, fell, cause; the first episodes' egocentric
 frames for the GIF) and a marker per condition, so a killed evaluation resumes per condition.
 
-Any checkpoint can be evaluated on its own: ``--checkpoint DIR/finetune/recap --label high``.
+Any checkpoint can be evaluated on its own: ``--checkpoint DIR/finetune/recap --label high``; any
+SIMPLE-protocol policy server (``python -m recap_jax.serve``, Ψ0's, …) through HTTP on the same held-out keys:
+``--policy-url http://127.0.0.1:22085`` (``evaluate_url``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def stage_name(it: int, cond: str) -> str:
 
 def condition_spec(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
     """Checkpoint directory, step, policy config, prompt label and β of a condition."""
-    marker = common.read_json(Path(out) / collect.stage_name(0) / common.MARKER)
     if cond == "sft_init":
+        marker = common.read_json(Path(out) / collect.stage_name(0) / common.MARKER)
         return {"dir": "sft", "step": marker["outputs"]["checkpoint_step"], "dropout": 0.0, "label": None, "beta": 1.0}
     if cond == "sft_final":
         return {"dir": "sft", "step": cfg.sft.steps, "dropout": 0.0, "label": None, "beta": 1.0}
@@ -69,6 +71,31 @@ def evaluate_checkpoint(cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: floa
         ta=cfg.env.replan_every,
         beta=beta,
         keep_images=tuple(keep),
+    )
+
+
+def evaluate_url(cfg: StudyConfig, url: str, *, num_episodes: int | None = None, num_envs: int | None = None):
+    """Closed-loop evaluation through a SIMPLE-protocol policy server at ``url`` on the study's held-out keys
+    (``glue.key_space(cfg, "eval")``: episode ``i`` starts where every in-process condition's episode ``i``
+    does). The env renders SIMPLE's 360×640 frame; the server gets the bare instruction (it adds its own
+    advantage text). Defaults: ``evaluate.episodes`` / ``evaluate.num_envs``.
+
+    Returns ``recap_jax.serve.client.evaluate_remote``'s result (``rollout.evaluate``'s format: episode_ids,
+    success, n_steps, cause), which ``save_outcomes`` writes like an in-process evaluation.
+    """
+    from recap_jax.serve.client import FRAME_SIZE, evaluate_remote
+
+    env = glue.make_env(cfg, image_size=FRAME_SIZE)
+    seed, namespace = glue.key_space(cfg, "eval")
+    return evaluate_remote(
+        env,
+        url,
+        cfg.evaluate.episodes if num_episodes is None else num_episodes,
+        instruction=glue.INSTRUCTION,
+        seed=seed,
+        namespace=namespace,
+        num_envs=cfg.evaluate.num_envs if num_envs is None else num_envs,
+        progress=True,
     )
 
 
@@ -198,8 +225,11 @@ class EvalArgs(common.StageArgs):
       label: "high" | "low" | None (bare instruction).
       beta: CFG weight (needs a checkpoint trained with indicator dropout).
       indicator_dropout: the checkpoint's training indicator dropout (for its config).
-      save: with --checkpoint, also write the per-episode outcomes there (an ``Outcomes`` .npz, paired by
-        index with the study's ``DIR/evaluate/<condition>.npz``) and ``<stem>_detail.npz`` beside it.
+      policy_url: evaluate the policy behind a SIMPLE-protocol server instead (e.g. http://127.0.0.1:22085).
+      episodes: with --policy-url, the number of held-out episodes (default: the preset's).
+      num_envs: with --policy-url, envs stepped together and requests in flight (default: the preset's).
+      save: with --checkpoint or --policy-url, also write the per-episode outcomes there (an ``Outcomes`` .npz,
+        paired by index with the study's ``DIR/evaluate/<condition>.npz``) and ``<stem>_detail.npz`` beside it.
     """
 
     checkpoint: Path | None = None
@@ -208,6 +238,9 @@ class EvalArgs(common.StageArgs):
     beta: float = 1.0
     indicator_dropout: float = 0.0
     save: Path | None = None
+    policy_url: str | None = None
+    episodes: int | None = None
+    num_envs: int | None = None
 
 
 def main(argv=None) -> None:
@@ -215,15 +248,28 @@ def main(argv=None) -> None:
 
     args = tyro.cli(EvalArgs, args=argv, description="Closed-loop evaluation on the held-out reset keys (stage 6).")
     common.setup_jax()
-    cfg = common.load_or_init_config(args.out, args.preset, args.seed)
-    if args.checkpoint is None:
-        run(cfg, args.out)
-        return
-    res = evaluate_checkpoint(
-        cfg, args.checkpoint, step=args.step, dropout=args.indicator_dropout, label=args.label, beta=args.beta
-    )
+    if args.policy_url is not None:
+        # read only: the run directory (if any) gives the held-out key space; nothing is written there
+        if (Path(args.out) / "config.json").exists():
+            cfg = common.read_config(args.out)
+        else:
+            from experiments.presets import get_preset
+
+            cfg = get_preset(args.preset or "smoke")
+            cfg = cfg if args.seed is None else dataclasses.replace(cfg, seed=args.seed)
+        res = evaluate_url(cfg, args.policy_url, num_episodes=args.episodes, num_envs=args.num_envs)
+        what = args.policy_url
+    else:
+        cfg = common.load_or_init_config(args.out, args.preset, args.seed)
+        if args.checkpoint is None:
+            run(cfg, args.out)
+            return
+        res = evaluate_checkpoint(
+            cfg, args.checkpoint, step=args.step, dropout=args.indicator_dropout, label=args.label, beta=args.beta
+        )
+        what = f"{args.checkpoint} label={args.label} beta={args.beta}"
     n, k = len(res["success"]), int(np.sum(res["success"]))
-    print(f"{args.checkpoint} label={args.label} beta={args.beta}: {k}/{n} = {k / max(n, 1):.1%}")
+    print(f"{what}: {k}/{n} = {k / max(n, 1):.1%}")
     if args.save is not None:
         save_outcomes(res, args.save)
         print(f"outcomes: {args.save}")

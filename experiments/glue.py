@@ -56,10 +56,12 @@ def key_space(cfg: StudyConfig, stage: str, it: int = 0) -> tuple[int, int]:
 # ---- configs --------------------------------------------------------------------------------------
 
 
-def make_env(cfg: StudyConfig):
+def make_env(cfg: StudyConfig, image_size: tuple[int, int] | None = None):
     """The study's env; one object per env setting per process, so jitted rollout waves (the env is a static
-    argument) are compiled once and reused by every stage and condition."""
-    return _make_env(cfg.env)
+    argument) are compiled once and reused by every stage and condition. ``image_size`` (H, W) overrides the
+    size ``env.render`` renders at (e.g. SIMPLE's 360×640 frame for evaluation through a policy server)."""
+    settings = cfg.env if image_size is None else dataclasses.replace(cfg.env, image_size=tuple(image_size))
+    return _make_env(settings)
 
 
 @functools.lru_cache(maxsize=4)

@@ -165,6 +165,15 @@ def _label_word(label) -> str | None:
     return _WORDS[value]
 
 
+def instruction_text(task: str) -> str:
+    """The instruction Ψ0 conditions on for a task string: the task lower-cased (Ψ0 lower-cases a dataset's
+    task at training; its SIMPLE server lower-cases the request's instruction). The LeRobot importer and the
+    policy server both apply it, so a store's prompts and a served request's prompt agree."""
+    if not isinstance(task, str):
+        raise ValueError(f"task must be a str, got {type(task).__name__}")
+    return task.lower()
+
+
 def format_prompt(instruction: str, label: str | int | None) -> str:
     """Prompt text for the VLM: ``"advantage: high. <instruction>"``, ``"advantage: low. …"`` or bare.
 

@@ -256,43 +256,22 @@ class NormStats:
         """From Ψ0's parsed ``meta/stats_psi0.json``: {"action": {"min": [A], "max": [A], ...},
         "states": {"min": [S], "max": [S], ...}} ("bounds" normalisation = min/max).
 
-        Raises: ValueError naming a missing key, a length that differs from ``state_dim``/``action_dim``
-        (when given), min > max or a non-finite bound.
+        Validated by ``recap_jax.psi0_stats.validate_psi0_stats`` (the LeRobot importer's validator too):
+        ValueError naming a missing group or statistic (all six of mean/std/min/max/q01/q99), a length that
+        differs within a group or from ``state_dim``/``action_dim`` (when given), a non-finite value or
+        min > max.
         """
-        out = {}
-        for group, dim in (("states", state_dim), ("action", action_dim)):
-            if not isinstance(stats, dict) or group not in stats or not isinstance(stats[group], dict):
-                have = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
-                raise ValueError(f"Ψ0 stats lack the {group!r} group (have {have})")
-            for bound in ("min", "max"):
-                if bound not in stats[group]:
-                    raise ValueError(f"Ψ0 stats lack {group}.{bound}")
-                v = np.asarray(stats[group][bound], np.float32)
-                if v.ndim != 1 or (dim is not None and v.shape[0] != dim):
-                    raise ValueError(f"Ψ0 stats {group}.{bound} must be [{dim or 'D'}], got {list(v.shape)}")
-                if not np.isfinite(v).all():
-                    raise ValueError(f"Ψ0 stats {group}.{bound} has non-finite values")
-                out[(group, bound)] = v
-            if (
-                out[(group, "min")].shape != out[(group, "max")].shape
-                or (out[(group, "min")] > out[(group, "max")]).any()
-            ):
-                raise ValueError(f"Ψ0 stats {group}: min and max differ in length or min > max")
-        return cls(
-            *(jnp.asarray(out[k]) for k in (("states", "min"), ("states", "max"), ("action", "min"), ("action", "max")))
-        )
+        from recap_jax.psi0_stats import validate_psi0_stats
+
+        v = validate_psi0_stats(stats, state_dim, action_dim)
+        return cls(*(jnp.asarray(v[g][b]) for g in ("states", "action") for b in ("min", "max")))
 
     @classmethod
     def from_psi0_file(cls, path, state_dim: int | None = None, action_dim: int | None = None) -> NormStats:
         """``from_psi0`` of a ``meta/stats_psi0.json`` file (errors name the file)."""
-        import json
+        from recap_jax.psi0_stats import read_psi0_stats_file
 
-        try:
-            with open(path) as f:
-                stats = json.load(f)
-            return cls.from_psi0(stats, state_dim, action_dim)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from e
+        return cls.from_psi0(read_psi0_stats_file(path, state_dim, action_dim))
 
     @classmethod
     def identity(cls, state_dim: int = 32, action_dim: int = 36) -> NormStats:

@@ -23,6 +23,19 @@ def test_load_or_init_config_pins_the_run(tmp_path):
         common.load_or_init_config(tmp_path, None, seed=4)
 
 
+def test_read_config_is_read_only(tmp_path):
+    """``read_config`` (the policy server's, ``evaluate --policy-url``'s) never writes; a missing or broken
+    config.json is a ValueError naming it."""
+    with pytest.raises(ValueError, match=r"config\.json: missing"):
+        common.read_config(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    cfg = common.load_or_init_config(tmp_path, "smoke", seed=3)
+    assert common.read_config(tmp_path) == cfg
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json: not a study config"):
+        common.read_config(tmp_path)
+
+
 def test_stage_skip_rerun_and_mismatch(tmp_path):
     calls = []
 

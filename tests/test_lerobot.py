@@ -11,6 +11,7 @@ import pytest
 from recap_jax.data import lerobot
 from recap_jax.data.loader import LoaderConfig, WindowLoader
 from recap_jax.data.store import EpisodeStore
+from recap_jax.psi0_stats import STAT_NAMES as STATS6
 
 SAMPLE = Path(__file__).parent / "data" / "lerobot_simple_sample"
 SIZE = (96, 160)
@@ -30,7 +31,9 @@ def test_import_matches_source(imported):
     assert [e.n_steps for e in eps] == exp["lengths"].tolist()
     np.testing.assert_array_equal(np.concatenate([e.states for e in eps]), exp["states"])
     np.testing.assert_array_equal(np.concatenate([e.actions for e in eps]), exp["actions"])
-    assert [e.prompt for e in eps] == ["Bend to pick up the Cracker Box", "bend to pick up the mustard bottle"]
+    # Ψ0 trains on the task lower-cased: the store holds that, the dataset's text stays in the tags
+    assert [e.prompt for e in eps] == ["bend to pick up the cracker box", "bend to pick up the mustard bottle"]
+    assert eps[0].tags["task"] == "Bend to pick up the Cracker Box" and "task" not in eps[1].tags
     stats = lerobot.read_psi0_stats(store_dir / lerobot.STATS_FILE)
     src = json.loads((SAMPLE / "meta" / "stats_psi0.json").read_text())
     np.testing.assert_array_equal(stats["action"]["q99"], np.asarray(src["action"]["q99"], np.float32))
@@ -297,3 +300,149 @@ def test_rollout_frames_every_step_export_import(tmp_path):
         (lerobot.export_lerobot(tmp_path / "decision", tmp_path / "ds_d") / "meta/info.json").read_text()
     )
     assert info_d["recap_jax"]["video_frames_missing"] == 2 * (10 - 3) and "only" in info_d["recap_jax"]["video_frames"]
+
+
+def _rewrite(root: Path, name: str, fn) -> None:
+    path = root / "meta" / name
+    if name.endswith(".jsonl"):
+        rows = [fn(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(fn(json.loads(path.read_text()))))
+
+
+def test_import_as_simple_and_lerobot_write_it(tmp_path):
+    """The sample rewritten the way SIMPLE's ``scripts/postprocess_psi0.py`` writes a dataset (states/action
+    declared [-1], no splits, list<double> columns from ``.tolist()``, float64 timestamps, ``index`` = source
+    index + running offset, inclusive ``dataset_to_index``, ``instruction`` = the task row), and the way
+    LeRobot's own v2.1 writer does (task strings in episodes.jsonl, ``{video_key}`` in the video path):
+    both import bit-exact."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    exp = np.load(SAMPLE / "lerobot_simple_sample_expected.npz")
+    simple = tmp_path / "simple"
+    shutil.copytree(SAMPLE, simple)
+
+    def info_simple(info):
+        info.pop("splits")
+        for k in ("states", "action"):
+            info["features"][k]["shape"] = [-1]
+        return info
+
+    _rewrite(simple, "info.json", info_simple)
+    _rewrite(
+        simple,
+        "episodes.jsonl",
+        lambda r: {
+            **r,
+            "dataset_to_index": r["dataset_to_index"] - 1,
+            "instruction": {"task_index": r["tasks"][0], "task": r["instruction"]},
+        },
+    )
+    for f in sorted((simple / "data").rglob("*.parquet")):
+        t = pq.read_table(f)
+        cols = {n: t.column(n) for n in t.column_names}
+        for k in ("states", "action"):
+            cols[k] = pa.array(np.asarray(cols[k].to_pylist(), np.float32).tolist())  # list<double>, as SIMPLE
+        cols["timestamp"] = pa.array(np.arange(len(t)) * 1.0 / 50)
+        cols["index"] = pa.array(np.asarray(cols["index"].to_pylist()) + 60)
+        assert pa.types.is_list(cols["states"].type) and pa.types.is_float64(cols["states"].type.value_type)
+        pq.write_table(pa.table(cols), f)
+    lero = tmp_path / "lerobot"
+    shutil.copytree(SAMPLE, lero)
+    task_rows = (SAMPLE / "meta/tasks.jsonl").read_text().splitlines()
+    tasks = {r["task_index"]: r["task"] for r in map(json.loads, task_rows)}
+    _rewrite(
+        lero,
+        "episodes.jsonl",
+        lambda r: {"episode_index": r["episode_index"], "tasks": [tasks[r["tasks"][0]]], "length": r["length"]},
+    )
+    _rewrite(
+        lero,
+        "info.json",
+        lambda i: {**i, "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"},
+    )
+    (lero / "videos/chunk-000/egocentric").rename(lero / f"videos/chunk-000/{lerobot.IMAGE_KEY}")
+    for root in (simple, lero):
+        eps = lerobot.import_lerobot(root, tmp_path / f"store_{root.name}", image_size=(24, 40)).load()
+        np.testing.assert_array_equal(np.concatenate([e.states for e in eps]), exp["states"])
+        np.testing.assert_array_equal(np.concatenate([e.actions for e in eps]), exp["actions"])
+        assert [e.prompt for e in eps] == ["bend to pick up the cracker box", "bend to pick up the mustard bottle"]
+    # declared [-1], the parquet's width is what is checked
+    f = simple / "data/chunk-000/episode_000001.parquet"
+    t = pq.read_table(f)
+    narrow = pa.array([row[:31] for row in t.column("states").to_pylist()])
+    pq.write_table(t.set_column(t.column_names.index("states"), "states", narrow), f)
+    with pytest.raises(ValueError, match=r"episode_000001.parquet: column 'states' has shape \[31\], expected \[32\]"):
+        lerobot.import_lerobot(simple, tmp_path / "narrow", image_size=(24, 40))
+
+
+def test_export_layout_matches_simple_writer(tmp_path, imported):
+    """What SIMPLE's ``scripts/postprocess_psi0.py`` writes (meta files, info.json feature schema, stats keys,
+    episodes.jsonl fields) and what LeRobot v2.1's reader needs (``names``, the video ``info`` block)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store_dir, _ = imported
+    root = lerobot.export_lerobot(store_dir, tmp_path / "ds")
+    meta = root / "meta"
+    for name in ("info.json", "episodes.jsonl", "tasks.jsonl", "episodes_stats.jsonl", "stats.json"):
+        assert (meta / name).is_file(), name
+    for name in ("stats_psi0.json", "modality.json", "relative_stats.json", "lang_map.json"):
+        assert (meta / name).is_file(), name
+    info = json.loads((meta / "info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["fps"] == 50 and info["robot_type"] == "g1"
+    assert info["total_episodes"] == 2 and info["total_frames"] == 89 and info["total_videos"] == 2
+    assert info["total_chunks"] == 1 and info["chunks_size"] == 1000 and info["splits"] == {"train": "0:2"}
+    assert info["video_path"] == "videos/chunk-{episode_chunk:03d}/egocentric/episode_{episode_index:06d}.mp4"
+    feats = info["features"]
+    img = feats[lerobot.IMAGE_KEY]
+    assert img["dtype"] == "video" and img["shape"] == [*SIZE, 3] and img["names"] == ["height", "width", "channel"]
+    assert img["video_info"]["video.codec"] == "h264" and img["info"]["video.pix_fmt"] == "yuv420p"
+    assert img["info"]["video.height"] == SIZE[0] and img["info"]["video.fps"] == 50
+    want = {"timestamp": "float32", "frame_index": "int64", "episode_index": "int64", "index": "int64"}
+    want |= {"task_index": "int64", "next.done": "bool", "states": "float32", "action": "float32"}
+    for k, dtype in want.items():
+        assert feats[k]["dtype"] == dtype and "names" in feats[k], k
+    assert feats["states"]["shape"] == [32] and feats["action"]["shape"] == [36] and feats["index"]["shape"] == [1]
+    # parquet columns typed as the features declare
+    t = pq.read_table(root / "data/chunk-000/episode_000001.parquet")
+    types = {f.name: f.type for f in t.schema}
+    for k, n in (("states", 32), ("action", 36)):
+        assert pa.types.is_fixed_size_list(types[k]) and types[k].list_size == n, k
+        assert types[k].value_type == pa.float32(), k
+    assert types["timestamp"] == pa.float32() and types["frame_index"] == types["index"] == pa.int64()
+    assert types["next.done"] == pa.bool_() and t.column("next.done").to_pylist()[-1] is True
+    rows = [json.loads(x) for x in (meta / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["dataset_from_index"], r["dataset_to_index"]) for r in rows] == [(0, 36), (37, 88)]  # inclusive
+    assert rows[0]["instruction"] == {"task_index": 0, "task": "bend to pick up the cracker box"}
+    assert rows[0]["tasks"] == [0] and rows[0]["robot_type"] == "g1"
+    tasks = [json.loads(x) for x in (meta / "tasks.jsonl").read_text().splitlines()]
+    assert tasks[1] == {
+        "task_index": 1,
+        "task": "bend to pick up the mustard bottle",
+        "category": "",
+        "description": tasks[1]["task"],
+    }
+    stats = json.loads((meta / "stats_psi0.json").read_text())
+    assert set(stats) == {
+        "states",
+        "action",
+        "timestamp",
+        "frame_index",
+        "episode_index",
+        "index",
+        "task_index",
+        "next.done",
+    }
+    assert all(set(v) == set(STATS6) for v in stats.values())
+    assert json.loads((meta / "stats.json").read_text()) == stats
+    ep_stats = json.loads((meta / "episodes_stats.jsonl").read_text().splitlines()[1])
+    assert ep_stats["episode_index"] == 1 and ep_stats["stats"]["action"]["count"] == [52]
+    assert set(ep_stats["stats"]) >= {"action", "timestamp"}
+    mod = json.loads((meta / "modality.json").read_text())
+    assert mod["state"]["height"]["start"] == 31 and mod["action"]["target_yaw"]["end"] == 36
+    assert (
+        mod["action"]["torso_vx"]["absolute"] is False and mod["video"]["rs_view"]["original_key"] == lerobot.IMAGE_KEY
+    )

@@ -12,6 +12,8 @@ from flax import nnx
 from recap_jax import flow
 from recap_jax import policy as P
 from recap_jax.advantage import format_prompt
+from recap_jax.data import lerobot
+from recap_jax.psi0_stats import STAT_NAMES as STATS6
 
 B = 2
 _sample = jax.jit(P.sample_actions)
@@ -133,8 +135,8 @@ def test_psi0_normalisation_rules_and_stats(tmp_path):
     y = jnp.linspace(-1, 1, 32)[None]
     np.testing.assert_allclose(P.normalize_states(y, ident.state_min, ident.state_max), y, atol=1e-6)
     stats = {
-        "action": {k: list(range(36)) if k != "max" else [v + 1 for v in range(36)] for k in ("min", "max", "mean")},
-        "states": {"min": [-2.0] * 32, "max": [2.0] * 32, "q01": [0.0] * 32},
+        "action": {k: list(range(36)) if k != "max" else [v + 1 for v in range(36)] for k in STATS6},
+        "states": {k: [2.0 if k == "max" else -2.0] * 32 for k in STATS6},
     }
     ns = P.NormStats.from_psi0(stats)
     np.testing.assert_array_equal(ns.action_max - ns.action_min, 1.0)
@@ -142,8 +144,25 @@ def test_psi0_normalisation_rules_and_stats(tmp_path):
     path.write_text(json.dumps(stats))
     np.testing.assert_array_equal(P.NormStats.from_psi0_file(path, 32, 36).state_min, -2.0)
     with pytest.raises(ValueError, match=r"states\.max"):
-        P.NormStats.from_psi0({"action": stats["action"], "states": {"min": [0.0] * 32}})
-    with pytest.raises(ValueError, match=r"stats_psi0\.json.*action\.min must be \[30\]"):
+        P.NormStats.from_psi0({"action": stats["action"], "states": {k: [0.0] * 32 for k in STATS6 if k != "max"}})
+    # one validator with the LeRobot importer: all six statistics, finite, min <= max, equal lengths
+    bad = lambda group, stat, v: {**stats, group: {**stats[group], stat: v}}
+    for group, stat, v, msg in (
+        ("states", "q99", None, r"lack states\.q99"),
+        ("action", "std", [0.0] * 35, r"action\.std must be \[36\]"),
+        ("states", "mean", [float("nan")] * 32, r"states\.mean has non-finite"),
+        ("states", "min", [3.0] * 32, r"states: min > max"),
+    ):
+        case = bad(group, stat, v)
+        if v is None:
+            del case[group][stat]
+        with pytest.raises(ValueError, match=msg):
+            P.NormStats.from_psi0(case)
+        path.write_text(json.dumps(case))
+        with pytest.raises(ValueError, match=msg):
+            lerobot.read_psi0_stats(path)
+    path.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=r"stats_psi0\.json.*action\.mean must be \[30\]"):
         P.NormStats.from_psi0_file(path, 32, 30)
 
 

@@ -129,6 +129,8 @@ def test_malformed_json_400(url):
 
 
 def test_episode_clock_and_unknown_session():
+    with pytest.raises(ValueError, match=r"config\.rtc is 'off'"):
+        SimpleServer(policy.replace_config(_tiny_params(), rtc="off"), rtc=True)
     server = SimpleServer(_tiny_params(), max_batch=1)
     first, later = parse_request(_body("request_first.json")), parse_request(_body("request_later.json"))
     assert first.instruction == "bend to pick up the cracker box" and first.reset and not later.reset
@@ -137,3 +139,99 @@ def test_episode_clock_and_unknown_session():
     assert int(server._prepare(first)["t"]) == 0
     later.step_index = 48
     assert int(server._prepare(later)["t"]) == 48
+
+
+def _study_run(root: Path) -> dict:
+    """A tiny study run directory in ``experiments``' layout: config.json (smoke preset) and random-init policy
+    checkpoints where the study keeps them (sft at steps 1 and ``sft.steps``, finetune/recap, finetune/bc_all),
+    each policy from its own seed so a wrong pick is caught. Returns {(dir, step): saved params}."""
+    import jax.numpy as jnp
+
+    from experiments import common, finetune, glue
+    from experiments.presets import get_preset
+    from recap_jax.train import Checkpointer, OptimizerConfig, TrainState, make_optimizer
+
+    cfg = get_preset("smoke")
+    common.save_config(root, cfg)
+    pcfg = glue.policy_config(cfg)
+    tx = make_optimizer(OptimizerConfig.psi0(total_steps=10, warmup_steps=1))
+    saved = {}
+    for seed, (d, step) in enumerate(
+        [("sft", 1), ("sft", cfg.sft.steps), (finetune.run_dir(0, "recap"), 3), (finetune.run_dir(0, "bc_all"), 2)]
+    ):
+        params = policy.init_policy(pcfg, jax.random.key(seed))
+        state = TrainState.create(params, tx, jax.random.PRNGKey(0), mask=policy.trainable_mask)
+        with Checkpointer(root / d, max_to_keep=5) as ckpt:
+            ckpt.save(state.replace(step=jnp.asarray(step)), force=True)
+        saved[(d, step)] = params
+    return saved
+
+
+def test_serve_study_run_dir(tmp_path):
+    """``python -m recap_jax.serve --run-dir RUN --policy recap|bc_all|sft [--step N]`` loads the run's
+    checkpoints read-only; the real CLI serves one over HTTP (subprocess, stopped after)."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import chex
+
+    from experiments.presets import get_preset
+    from recap_jax.serve import __main__ as cli
+
+    run = tmp_path / "run"
+    saved = _study_run(run)
+    steps = get_preset("smoke").sft.steps
+    for argv, key in (
+        (["--policy", "recap"], ("finetune/recap", 3)),
+        (["--policy", "bc_all"], ("finetune/bc_all", 2)),
+        (["--policy", "sft"], ("sft", steps)),
+        (["--policy", "sft", "--step", "1"], ("sft", 1)),
+    ):
+        got = cli.load_params(cli.parse_args(["--run-dir", str(run), *argv]))
+        chex.assert_trees_all_equal(got.model, saved[key].model)
+    server = cli.build_server(cli.parse_args(["--run-dir", str(run), "--max-batch", "2"]))
+    assert server.advantage == "high" and server.rtc and server.params.config.rtc == "psi0"
+    assert cli.build_server(cli.parse_args(["--run-dir", str(run), "--policy", "sft"])).advantage is None
+    # read-only: a directory without config.json is named, and nothing is written into it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"empty/config\.json: missing"):
+        cli.load_params(cli.parse_args(["--run-dir", str(empty)]))
+    assert list(empty.iterdir()) == []
+    with pytest.raises(ValueError, match=r"sft/checkpoints: no step 7 \(have \[1, " + str(steps) + r"\]\)"):
+        cli.load_params(cli.parse_args(["--run-dir", str(run), "--policy", "sft", "--step", "7"]))
+    (run / "finetune/bc_all").rename(tmp_path / "moved")
+    with pytest.raises(ValueError, match=r"bc_all/checkpoints: no checkpoints"):
+        cli.load_params(cli.parse_args(["--run-dir", str(run), "--policy", "bc_all"]))
+
+    # the real CLI on 127.0.0.1, bounded in time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "recap_jax.serve", "--run-dir", str(run), "--policy", "sft", "--step", "1"]
+    cmd += ["--port", str(port), "--max-batch", "1", "--no-warmup"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.time() < deadline, "server did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert json.loads(r.read()) == {"status": "ok"}
+                    break
+            except OSError:
+                time.sleep(0.5)
+        st, out = post(f"http://127.0.0.1:{port}/act", _body("request_first.json"), timeout=240)
+        assert st == 200, out
+        a = codec.decode_array(out["action"], "action")
+        assert a.shape == (get_preset("smoke").env.replan_every, 36) and np.all(np.isfinite(a))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert not list((run / "sft").glob("*.json")) and sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "finetune",
+        "sft",
+    ]

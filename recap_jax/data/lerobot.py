@@ -14,6 +14,19 @@ interrupted import leaves only whole episodes and a rerun skips the episodes alr
 ``stats_psi0.json`` is validated and copied beside the store (``store_dir/stats_psi0.json``), written last,
 after every episode: its presence marks a complete import.
 
+Checked against the real writer and reader (SIMPLE ``scripts/postprocess_psi0.py`` at 6a5efa5; LeRobot
+v0.3.3, codebase v2.1, ``datasets/utils.py``). What a SIMPLE-written dataset has and the reader accepts:
+``states``/``action`` declared with shape [-1] (the parquet width is checked instead), list<double> columns
+(``.tolist()``; cast back to float32 bit-exactly), float64 timestamps, no ``splits``, an ``index`` column that
+is the source index plus a running offset (not checked against ``dataset_from_index``), an inclusive
+``dataset_to_index`` and the task row as ``instruction``; LeRobot's own writer lists task strings (not
+indices) in episodes.jsonl and puts ``{video_key}`` in ``video_path`` — both read. The export writes
+SIMPLE's meta files (incl. ``modality.json``, empty ``relative_stats.json`` / ``lang_map.json``), its stats keys
+(states, action, timestamp, frame_index, episode_index, index, task_index, next.done) and episodes.jsonl
+fields, and LeRobot's feature schema (``names``, the video ``info`` block beside SIMPLE's ``video_info``,
+shapes [32]/[36] with fixed-size float32 list columns, which LeRobot's reader maps to ``Sequence(length)``).
+Prompts: the store holds ``advantage.instruction_text(task)`` (lower-cased, as Ψ0 trains).
+
 Images are resized like the policy's camera consumer (``recap_jax.models.resnet``):
 ``jax.image.resize(..., method="bilinear", antialias=True)``, then rounded to uint8.
 """
@@ -29,14 +42,15 @@ from typing import Any
 
 import numpy as np
 
+from recap_jax.advantage import instruction_text
 from recap_jax.data.store import ACTION_DIM, STATE_DIM, Episode, EpisodeStore, atomic_write_bytes
+from recap_jax.psi0_stats import read_psi0_stats_file
 
 CODEBASE_VERSION = "v2.1"
 STATE_KEY = "states"
 ACTION_KEY = "action"
 IMAGE_KEY = "observation.images.egocentric"
 STATS_FILE = "stats_psi0.json"
-STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 VIDEO_FRAME_KEY = "recap.video_frame_index"
 ANNOTATION_PREFIX = "recap.annotation."
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
@@ -69,25 +83,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def read_psi0_stats(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
     """Reads ``stats_psi0.json``: ``{key: {mean, std, min, max, q01, q99}}`` as float32 arrays.
 
-    ``states`` stats must be [32] and ``action`` stats [36]; raises ``ValueError`` naming the file and field.
+    ``states`` stats must be [32] and ``action`` stats [36]; validated by
+    ``recap_jax.psi0_stats.validate_psi0_stats`` (as ``NormStats.from_psi0``): ``ValueError`` naming the file
+    and field.
     """
-    path = Path(path)
-    raw = _read_json(path)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of per-key stats")
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, dim in ((STATE_KEY, STATE_DIM), (ACTION_KEY, ACTION_DIM)):
-        if key not in raw:
-            raise ValueError(f"{path}: field {key!r} missing")
-        out[key] = {}
-        for s in STAT_NAMES:
-            if s not in raw[key]:
-                raise ValueError(f"{path}: field {key}.{s} missing")
-            arr = np.asarray(raw[key][s], np.float32)
-            if arr.shape != (dim,):
-                raise ValueError(f"{path}: field {key}.{s} has shape {arr.shape}, expected ({dim},)")
-            out[key][s] = arr
-    return out
+    return read_psi0_stats_file(path, STATE_DIM, ACTION_DIM)
 
 
 def resize_frames(frames: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -169,7 +169,8 @@ class _Dataset:
         for key, shape in ((STATE_KEY, [STATE_DIM]), (ACTION_KEY, [ACTION_DIM])):
             if key not in feats:
                 raise ValueError(f"{info_path}: feature {key!r} missing")
-            if list(feats[key].get("shape", [])) != shape:
+            # SIMPLE's postprocess_psi0.py declares both as [-1] (any length): the parquet's width is checked
+            if list(feats[key].get("shape", [])) not in (shape, [-1]):
                 raise ValueError(f"{info_path}: feature {key!r} has shape {feats[key].get('shape')}, expected {shape}")
         if IMAGE_KEY not in feats:
             raise ValueError(f"{info_path}: feature {IMAGE_KEY!r} missing")
@@ -191,6 +192,8 @@ class _Dataset:
         task_ids = row["tasks"]
         if not task_ids:
             raise ValueError(f"{self.root / 'meta/episodes.jsonl'}: episode {row['episode_index']} has no task")
+        if isinstance(task_ids[0], str):  # LeRobot's own v2.1 writer lists task strings; SIMPLE's, indices
+            return task_ids[0]
         tid = int(task_ids[0])
         if tid not in self.tasks:
             raise ValueError(f"{self.root / 'meta/tasks.jsonl'}: task_index {tid} missing")
@@ -219,10 +222,8 @@ def _read_episode(ds: _Dataset, row: dict, image_size: tuple[int, int], every: i
         fi = table.column("frame_index").to_numpy()
         if np.any(fi != np.arange(length)):
             raise ValueError(f"{ppath}: column frame_index is not 0..{length - 1}")
-    if "index" in table.column_names and "dataset_from_index" in row:
-        gi = table.column("index").to_numpy()
-        if np.any(gi != np.arange(row["dataset_from_index"], row["dataset_from_index"] + length)):
-            raise ValueError(f"{ppath}: column index disagrees with meta/episodes.jsonl field dataset_from_index")
+    # The global ``index`` column is not checked against episodes.jsonl's dataset_from_index: SIMPLE's
+    # postprocess_psi0.py writes the source recording's index plus a running offset there, not that field.
     states = _column(table, STATE_KEY, STATE_DIM, ppath)
     actions = _column(table, ACTION_KEY, ACTION_DIM, ppath)
     vpath = ds.path("video_path", idx)
@@ -249,13 +250,16 @@ def _read_episode(ds: _Dataset, row: dict, image_size: tuple[int, int], every: i
     tags = dict(row.get("tags", {"kind": "demo"}))
     tags.setdefault("source", "lerobot")
     tags["dataset"] = str(ds.root.name)
+    task = ds.prompt(row)
+    if task != instruction_text(task):
+        tags["task"] = task  # the dataset's text as written
     ep = Episode(
         episode_id=int(row.get("recap_episode_id", idx)),
         states=states,
         actions=actions,
         image_steps=steps,
         images=images,
-        prompt=ds.prompt(row),
+        prompt=instruction_text(task),  # Ψ0 trains on the task lower-cased
         success=success,
         n_steps=length,
         tags=tags,
@@ -316,17 +320,48 @@ def import_lerobot(
     return store
 
 
-def _stats(x: np.ndarray) -> dict[str, list]:
-    """float [N, D] → {mean, std, min, max, q01, q99} lists of D floats (and count [N])."""
+def _stats(x: np.ndarray, count: bool = True) -> dict[str, list]:
+    """float [N, D] (or [N]) → {mean, std, min, max, q01, q99} lists of D floats (and ``count`` [N])."""
     x = np.asarray(x, np.float64)
-    return {
+    x = x.reshape(len(x), -1)
+    out = {
         "mean": x.mean(0).tolist(),
         "std": x.std(0).tolist(),
         "min": x.min(0).tolist(),
         "max": x.max(0).tolist(),
         "q01": np.quantile(x, 0.01, axis=0).tolist(),
         "q99": np.quantile(x, 0.99, axis=0).tolist(),
-        "count": [int(x.shape[0])],
+    }
+    if count:
+        out["count"] = [int(x.shape[0])]
+    return out
+
+
+def modality() -> dict:
+    """``meta/modality.json`` as SIMPLE's postprocess_psi0.py writes it: the named slices of ``states`` [32]
+    and ``action`` [36] (absolute except the velocity commands), the video's key and the task annotation."""
+    ent = lambda a, b, key, absolute=True: {
+        "start": a,
+        "end": b,
+        "rotation_type": None,
+        "absolute": absolute,
+        "dtype": "float32",
+        "original_key": key,
+    }
+    parts = (("left_hand", 0, 7), ("right_hand", 7, 14), ("left_arm", 14, 21), ("right_arm", 21, 28))
+    parts += (("rpy", 28, 31), ("height", 31, 32))
+    action = {n: ent(a, b, ACTION_KEY) for n, a, b in parts}
+    action.update(
+        torso_vx=ent(32, 33, ACTION_KEY, False),
+        torso_vy=ent(33, 34, ACTION_KEY, False),
+        torso_vyaw=ent(34, 35, ACTION_KEY, False),
+        target_yaw=ent(35, 36, ACTION_KEY),
+    )
+    return {
+        "state": {n: ent(a, b, STATE_KEY) for n, a, b in parts},
+        "action": action,
+        "video": {"rs_view": {"original_key": IMAGE_KEY}},
+        "annotation": {"human.task_description": {"original_key": "task_index"}},
     }
 
 
@@ -383,6 +418,7 @@ def export_lerobot(store_dir: str | os.PathLike, root: str | os.PathLike, *, fps
     (root / "meta").mkdir(parents=True, exist_ok=True)
     tasks: dict[str, int] = {}
     ep_rows, ep_stats = [], []
+    columns: dict[str, list[np.ndarray]] = {}
     chunks_size = 1000
     offset = 0
     image_shape = None
@@ -426,48 +462,79 @@ def export_lerobot(store_dir: str | os.PathLike, root: str | os.PathLike, *, fps
                 "tasks": [task],
                 "length": t,
                 "dataset_from_index": offset,
-                "dataset_to_index": offset + t,
+                "dataset_to_index": offset + t - 1,  # inclusive, as SIMPLE's postprocess_psi0.py writes it
                 "robot_type": "g1",
-                "instruction": ep.prompt,
+                "instruction": {"task_index": task, "task": ep.prompt},  # SIMPLE writes its task row here
                 "recap_episode_id": ep.episode_id,
                 "success": bool(ep.success),
                 "tags": ep.tags,
             }
         )
-        ep_stats.append({"episode_index": i, "stats": {STATE_KEY: _stats(ep.states), ACTION_KEY: _stats(ep.actions)}})
+        ts = np.arange(t, dtype=np.float32) / np.float32(fps)
+        ep_stats.append(
+            {
+                "episode_index": i,
+                "stats": {STATE_KEY: _stats(ep.states), ACTION_KEY: _stats(ep.actions), "timestamp": _stats(ts)},
+            }
+        )
+        for name, v in (
+            ("timestamp", ts),
+            ("frame_index", np.arange(t)),
+            ("episode_index", np.full(t, i)),
+            ("index", np.arange(offset, offset + t)),
+            ("task_index", np.full(t, task)),
+            ("next.done", np.arange(t) == t - 1),
+        ):
+            columns.setdefault(name, []).append(v)
         offset += t
-    states = np.concatenate([e.states for e in eps])
-    actions = np.concatenate([e.actions for e in eps])
-    stats = {STATE_KEY: _stats(states), ACTION_KEY: _stats(actions)}
+    # stats.json = stats_psi0.json: SIMPLE's keys, {mean, std, min, max, q01, q99} each (no count)
+    stats = {
+        STATE_KEY: _stats(np.concatenate([e.states for e in eps]), count=False),
+        ACTION_KEY: _stats(np.concatenate([e.actions for e in eps]), count=False),
+        **{k: _stats(np.concatenate(v).astype(np.float64), count=False) for k, v in columns.items()},
+    }
     meta = root / "meta"
     jl = lambda rows: ("".join(json.dumps(r) + "\n" for r in rows)).encode()
     atomic_write_bytes(meta / "episodes.jsonl", jl(ep_rows))
     atomic_write_bytes(
         meta / "tasks.jsonl",
-        jl({"task_index": k, "task": p, "category": "pick", "description": p} for p, k in tasks.items()),
+        jl({"task_index": k, "task": p, "category": "", "description": p} for p, k in tasks.items()),
     )
+    atomic_write_bytes(meta / "modality.json", json.dumps(modality(), indent=2).encode())
+    for name in ("relative_stats.json", "lang_map.json"):  # SIMPLE writes both, empty
+        atomic_write_bytes(meta / name, b"{}")
     atomic_write_bytes(meta / "episodes_stats.jsonl", jl(ep_stats))
     for name in ("stats.json", STATS_FILE):
         atomic_write_bytes(meta / name, json.dumps(stats).encode())
-    f32 = lambda *shape: {"dtype": "float32", "shape": list(shape)}
+    feat = lambda dtype, *shape: {"dtype": dtype, "shape": list(shape), "names": None}
+    shape = image_shape or [0, 0, 3]
+    video = {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"}
     features = {
         IMAGE_KEY: {
             "dtype": "video",
-            "shape": image_shape or [0, 0, 3],
+            "shape": shape,
             "names": ["height", "width", "channel"],
-            "video_info": {"video.fps": fps, "video.codec": "h264", "video.pix_fmt": "yuv420p"},
+            "video_info": video,  # SIMPLE's key
+            "info": {  # LeRobot v2.1's key (its writer's get_video_info fields)
+                "video.height": shape[0],
+                "video.width": shape[1],
+                "video.channels": shape[2],
+                **video,
+                "video.is_depth_map": False,
+                "has_audio": False,
+            },
         },
-        STATE_KEY: f32(STATE_DIM),
-        ACTION_KEY: f32(ACTION_DIM),
-        "timestamp": f32(1),
-        "frame_index": {"dtype": "int64", "shape": [1]},
-        "episode_index": {"dtype": "int64", "shape": [1]},
-        "index": {"dtype": "int64", "shape": [1]},
-        "task_index": {"dtype": "int64", "shape": [1]},
-        "next.done": {"dtype": "bool", "shape": [1]},
-        "recap.success": {"dtype": "bool", "shape": [1]},
-        VIDEO_FRAME_KEY: {"dtype": "int64", "shape": [1]},
-        **{ANNOTATION_PREFIX + n: f32(1) for n in ann_names},
+        STATE_KEY: feat("float32", STATE_DIM),
+        ACTION_KEY: feat("float32", ACTION_DIM),
+        "timestamp": feat("float32", 1),
+        "frame_index": feat("int64", 1),
+        "episode_index": feat("int64", 1),
+        "index": feat("int64", 1),
+        "task_index": feat("int64", 1),
+        "next.done": feat("bool", 1),
+        "recap.success": feat("bool", 1),
+        VIDEO_FRAME_KEY: feat("int64", 1),
+        **{ANNOTATION_PREFIX + n: feat("float32", 1) for n in ann_names},
     }
     n_steps = int(offset)
     info = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
 
 from recap_jax import policy
-from recap_jax.advantage import format_prompt
+from recap_jax.advantage import format_prompt, instruction_text
 from recap_jax.serve.codec import RequestError, decode_array, encode_array
 
 log = logging.getLogger("recap_jax.serve")
@@ -94,12 +95,40 @@ def parse_request(body: bytes | str | dict) -> Request:
     return Request(
         image=image,
         state=state[0],
-        instruction=instruction.lower() or "bend to pick up the object",
+        instruction=instruction_text(instruction) or "bend to pick up the object",
         session_id=sid,
         reset=reset,
         episode_index=_int(history, "episode_index", 0),
         step_index=_int(history, "step_index", 0),
     )
+
+
+def noise_key(seed: int, episode_index, step_index) -> jax.Array:
+    """The sampling key of one query: ``fold_in(fold_in(key(seed), episode_index), step_index)`` (a replayed
+    episode gets the same actions, whatever its session id or batch-mates)."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), episode_index), step_index)
+
+
+def sample_row(params, image, state, t, ids, mask, key, prev_chunk=None) -> tuple[jax.Array, jax.Array]:
+    """The server's computation for one request (vmapped over a batch): resize the frame to the policy's
+    input, then sample a chunk with ``policy.sample_actions_rtc`` (the rollout's code path).
+
+    Args: image u8 [360, 640, 3]; state f32 [32]; t i32 [] (episode clock, used when ``phase_steps``);
+      ids i32 [L] / mask bool [L] (the tokenised prompt); key: PRNG key (``noise_key``); prev_chunk: f32 [H, 36]
+      the session's previous chunk, normalised as the sampler made it (its [Ta:] is the RTC prefix), or None.
+    Returns: (f32 [H, 36] absolute actions, f32 [H, 36] the same chunk normalised, to keep as ``prev_chunk``).
+
+    The frame is resized with ``jax.image.resize(..., "linear")`` (antialiased when shrinking) and rounded
+    back to uint8, so the policy sees the dtype the camera gives it.
+    """
+    cfg = params.config
+    img = jax.image.resize(image.astype(jnp.float32), (*cfg.image_size, 3), "linear")
+    obs = {"state": state[None], "image": jnp.clip(jnp.round(img), 0, 255).astype(jnp.uint8)[None]}
+    if cfg.phase_steps:
+        obs["t"] = t[None]
+    pre = None if prev_chunk is None else prev_chunk[None]
+    actions, chunk = policy.sample_actions_rtc(params, obs, ids[None], key, prev_chunk=pre, prompt_mask=mask[None])
+    return actions[0], chunk[0]
 
 
 def _sizes(max_batch: int) -> tuple[int, ...]:
@@ -122,6 +151,10 @@ class SimpleServer:
     """
 
     def __init__(self, params, *, advantage=None, rtc=True, max_batch=32, max_wait_ms=5.0, seed=0, session_ttl_s=600.0):
+        if rtc and params.config.rtc == "off":
+            raise ValueError(
+                "rtc=True passes each session's previous chunk as a prefix, but the policy's config.rtc is 'off'"
+            )
         self.params, self.cfg = params, params.config
         self.advantage, self.rtc = advantage, rtc
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
@@ -130,19 +163,7 @@ class SimpleServer:
         self.sessions: dict[str, dict] = {}
         self.queue: asyncio.Queue | None = None
         self._worker = None
-        cfg = self.cfg
-
-        def one(img, state, t, ids, mask, key, prev):
-            img = jax.image.resize(img.astype(jnp.float32), (*cfg.image_size, 3), "linear")
-            obs = {"state": state[None], "image": jnp.clip(jnp.round(img), 0, 255).astype(jnp.uint8)[None]}
-            if cfg.phase_steps:
-                obs["t"] = t[None]
-            pre = None if prev is None else prev[None]
-            actions, chunk = policy.sample_actions_rtc(
-                params, obs, ids[None], key, prev_chunk=pre, prompt_mask=mask[None]
-            )
-            return actions[0], chunk[0]
-
+        one = functools.partial(sample_row, params)
         self._fn_plain = jax.jit(jax.vmap(lambda *a: one(*a, None)))
         self._fn_prefix = jax.jit(jax.vmap(one))
 
@@ -166,7 +187,7 @@ class SimpleServer:
         sess = self._session(req)
         t = req.step_index - sess["t0"] if sess is not None else 0
         ids, mask = policy.tokenize(self.cfg, [format_prompt(req.instruction, self.advantage)])
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), req.episode_index), req.step_index)
+        key = noise_key(self.seed, req.episode_index, req.step_index)
         prefix = sess["prev_chunk"] if (sess is not None and self.rtc) else None
         return dict(
             img=req.image,
@@ -285,4 +306,13 @@ def build_app(server: SimpleServer):
     return app
 
 
-__all__ = ["RequestError", "SimpleServer", "build_app", "decode_array", "encode_array", "parse_request"]
+__all__ = [
+    "RequestError",
+    "SimpleServer",
+    "build_app",
+    "decode_array",
+    "encode_array",
+    "noise_key",
+    "parse_request",
+    "sample_row",
+]
