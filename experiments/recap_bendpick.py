@@ -218,6 +218,11 @@ def results_block(cfg: StudyConfig, out: Path, it: int) -> dict:
             "demos": demos,
             "labels": {k: lab.get(k) for k in ("thresholds", "positive_fraction", "num_decisions")},
             "value_function_details": vf,
+            # Does the RECAP policy read its advantage token? Its flow-matching loss with the true vs the swapped
+            # label on labelled rollout windows (finetune.label_swap_loss; in its training set).
+            "label_swap_loss": common.read_json(out / finetune.run_dir(it, "recap") / common.MARKER)["outputs"].get(
+                "label_swap_loss"
+            ),
         },
     )
     return results
