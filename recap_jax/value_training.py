@@ -314,23 +314,46 @@ def load_value_params(directory: str) -> value_net.ValueParams:
     return params
 
 
-def _device_data(data: ValueData) -> dict:
+def _device_data(data: ValueData, rows: int | None = None) -> dict:
+    """The rows on the device, padded to ``rows`` (repeating the last row; the padding gets weight 0), so that
+    folds of different sizes share one compiled program."""
+    pad = 0 if rows is None else rows - len(data)
+    if pad < 0:
+        raise ValueError(f"cannot pad {len(data)} rows to {rows}")
+
+    def put(x, dtype=None):
+        x = np.asarray(x) if dtype is None else np.asarray(x, dtype)
+        return jnp.asarray(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x)
+
     return {
-        "inputs": jnp.asarray(data.inputs),
-        "state": jnp.asarray(data.states, jnp.float32),
-        "return": jnp.asarray(data.returns, jnp.float32),
-        "step": jnp.asarray(data.steps, jnp.int32),
+        "inputs": put(data.inputs),
+        "state": put(data.states, np.float32),
+        "return": put(data.returns, np.float32),
+        "step": put(data.steps, np.int32),
     }
 
 
-def _epoch_indices(n: int, batch: int, key: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices int32 [steps, batch] covering all n rows once (shuffled when ``key`` is given) and weights."""
-    steps = -(-n // batch)
+def _epoch_indices(
+    n: int, batch: int, key: np.random.Generator | None, steps: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices int32 [steps, batch] covering all n rows once (shuffled when ``key`` is given) and weights.
+
+    ``steps`` (default ⌈n / batch⌉, at least that): the n rows are dealt into ``steps`` batches of ⌊n / steps⌋ or
+    ⌈n / steps⌉ real rows each, the rest of every batch padding with weight 0, so no step is empty.
+    """
+    need = -(-n // batch)
+    steps = need if steps is None else steps
+    if steps < need:
+        raise ValueError(f"{n} rows need at least {need} steps of {batch}, got {steps}")
     order = key.permutation(n) if key is not None else np.arange(n)
-    pad = steps * batch - n
-    idx = np.concatenate([order, np.zeros(pad, np.int64)]).astype(np.int32)
-    w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return idx.reshape(steps, batch), w.reshape(steps, batch)
+    idx = np.zeros((steps, batch), np.int32)
+    w = np.zeros((steps, batch), np.float32)
+    bounds = np.linspace(0, n, steps + 1).round().astype(np.int64)
+    for s in range(steps):
+        k = bounds[s + 1] - bounds[s]
+        idx[s, :k] = order[bounds[s] : bounds[s + 1]]
+        w[s, :k] = 1.0
+    return idx, w
 
 
 def _net_kwargs(cfg: ValueTrainConfig, data: ValueData) -> dict:
@@ -395,18 +418,18 @@ class _Trainer:
         params = value_net.init_value_params(jax.random.fold_in(key, 0), **self.kwargs)
         return T.TrainState.create(params, self.tx, jax.random.fold_in(key, 1))
 
-    def epoch(self, state, dtr: dict, n: int, rng: np.random.Generator):
-        idx, w = _epoch_indices(n, self.batch, rng)
+    def epoch(self, state, dtr: dict, n: int, rng: np.random.Generator, steps: int | None = None):
+        idx, w = _epoch_indices(n, self.batch, rng, steps)
         state, loss = self.run_epoch(state, dtr, idx, w)
         if int(state.nonfinite_step) >= 0:
             raise T.NonFiniteError(f"non-finite value loss at step {int(state.nonfinite_step)}")
         return state, float(loss)
 
-    def evaluate(self, params, dva: dict, n: int) -> tuple[float, np.ndarray]:
-        """(mean cross-entropy, V̂ float32 [n]) of ``params`` on the rows of ``dva``."""
-        idx, w = _epoch_indices(n, self.batch, None)
+    def evaluate(self, params, dva: dict, n: int, steps: int | None = None) -> tuple[float, np.ndarray]:
+        """(mean cross-entropy, V̂ float32 [n]) of ``params`` on the first n rows of ``dva``."""
+        idx, w = _epoch_indices(n, self.batch, None, steps)
         loss, v = self.eval_epoch(params, dva, idx, w)
-        return float(loss), np.asarray(v).reshape(-1)[:n]
+        return float(loss), np.asarray(v).reshape(-1)[np.flatnonzero(w.reshape(-1))]
 
 
 def train_value(
@@ -746,20 +769,22 @@ def cross_fit(
     total = cfg.epochs_for(n_train)
     evals = _eval_epochs(total)
     preds, snaps, sse, histories = [], [], np.zeros((folds, len(evals))), []
-    trainer = None
+    # One compiled program for every fold: the same batch, steps per epoch and (padded) device array sizes.
+    sizes = [(int(np.sum(row_fold != k)), int(np.sum(row_fold == k))) for k in range(folds)]
+    n_tr, n_ho = max(a for a, _ in sizes), max(b for _, b in sizes)
+    trainer = _Trainer(cfg, kwargs, min(a for a, _ in sizes))
+    tr_steps, ho_steps = -(-n_tr // trainer.batch), -(-n_ho // trainer.batch)
     for k in range(folds):
         tr, ho = data.select(ids[fold_of != k]), data.select(ids[fold_of == k])
-        if trainer is None or min(cfg.batch_size, len(tr)) != trainer.batch:
-            trainer = _Trainer(cfg, kwargs, len(tr))
         state = trainer.init(jax.random.fold_in(jax.random.key(cfg.seed), k))
-        dtr, dho = _device_data(tr), _device_data(ho)
+        dtr, dho = _device_data(tr, n_tr), _device_data(ho, n_ho)
         rng = np.random.default_rng([cfg.seed, k])
         pk, sk, hist, j = [], [], [], 0
         for epoch in range(total):
-            state, train_loss = trainer.epoch(state, dtr, len(tr), rng)
+            state, train_loss = trainer.epoch(state, dtr, len(tr), rng, tr_steps)
             if epoch != evals[j]:
                 continue
-            loss, v = trainer.evaluate(state.params, dho, len(ho))
+            loss, v = trainer.evaluate(state.params, dho, len(ho), ho_steps)
             err = v.astype(np.float64) - ho.returns
             sse[k, j] = float(np.sum(err**2))
             row = {
@@ -805,7 +830,7 @@ def cross_fit(
         labels_out_of_fold=True,
         best_epochs=best,
         epochs=total,
-        train_steps=total * -(-n_train // min(cfg.batch_size, n_train)),
+        train_steps=total * tr_steps,
         fold_episode_auc=float(np.nanmean(fold_auc)) if np.isfinite(fold_auc).any() else float("nan"),
     )
     metrics["goal"] = credit_goal(metrics)
