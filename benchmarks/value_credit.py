@@ -3,10 +3,11 @@
 For one mixed-outcome collection, the study's value recipe (``glue.value_config`` of a preset: Eq. (1) over
 599, the episode clock, k-fold ``value_training.cross_fit`` with out-of-fold V̂, at least ``min_steps`` Adam
 steps per fold) with three backbones — the small CNN trained end to end, the frozen System-2 encoder of an SFT
-checkpoint, and the state alone (a constant image feature) — and, as an ablation, the CNN without the clock.
-Reports step MSE against the naive and the clock-only baselines fit on the same training folds, step AUC, the
-within-decision-index step AUC the clock cannot raise, episode AUC, whether the goal of issue 22 is met, and
-the training time. Writes the ``value_credit`` section of ``benchmarks/RESULTS.md``.
+checkpoint, and the state alone (a constant image feature) — and, as ablations, the CNN without the clock
+and the CNN on two-hot targets. Reports step MSE against the naive and the clock-only baselines fit on the
+same training folds, step AUC, the within-decision-index step AUC the clock cannot raise, episode AUC,
+whether the goal of issue 22 is met, and the training time. Writes the ``value_credit`` section of
+``benchmarks/RESULTS.md``.
 
     python -m benchmarks.value_credit --out runs/value_credit --episodes 96 [--sft-run runs/smoke_sft]
 
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks._results import machine_description, markdown_table, write_section  # noqa: E402
 
-VARIANTS = ("cnn", "system2", "state_only", "cnn_no_clock")
+VARIANTS = ("cnn", "system2", "state_only", "cnn_no_clock", "cnn_two_hot")
 
 
 def _cpu_seconds() -> float:
@@ -98,6 +99,9 @@ def main() -> None:
         if name == "cnn_no_clock":
             vcfg = dataclasses.replace(base_cfg, clock_steps=0)
             sources[name] = "the CNN without the episode clock"
+        elif name == "cnn_two_hot":
+            vcfg = dataclasses.replace(base_cfg, target="two_hot")
+            sources[name] = "the CNN trained on two-hot targets"
         elif name == "cnn":
             sources[name] = f"SmallCNN{tuple(base_cfg.cnn_channels)} trained end to end"
         elif name == "state_only":
