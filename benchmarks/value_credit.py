@@ -124,7 +124,7 @@ def main() -> None:
         if name in results["rows"]:
             continue
         t0, c0 = time.perf_counter(), _cpu_seconds()
-        cf = vt.cross_fit(d, vcfg)
+        cf = vt.cross_fit(d, vcfg, log=lambda r, n=name: print(n, r, flush=True) if r["epoch"] % 10 == 0 else None)
         m = cf.metrics
         results["rows"][name] = {
             **{k: m[k] for k in ("mse", "naive_mse", "clock_only_mse", "step_auc", "within_bin_step_auc")},
