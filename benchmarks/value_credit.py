@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--min-steps", type=int, default=None, help="override the preset's value_training.min_steps")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--note", default=None, help="a Markdown file appended to the section (the reading)")
     args = p.parse_args()
     _platform.enable_compilation_cache()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +194,7 @@ def main() -> None:
             "",
             "Goal (issue 22): step MSE ≤ 0.9 × clock-only and ≤ 0.6 × naive, step AUC ≥ 0.75, within-bin step AUC ≥ "
             f"0.65, on ≥ {vt.GOAL_EPISODES} rollouts ('episodes' fails below that size).",
+            *([] if args.note is None else ["", Path(args.note).read_text().strip()]),
         ]
     )
     (args.out / "summary.md").write_text(body + "\n")
