@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from experiments import collect, common, glue
 from experiments.presets import StudyConfig
 
@@ -38,12 +40,71 @@ def init_params(cfg: StudyConfig, out: Path, which: str):
     return policy.replace_config(sft, indicator_dropout=dropout) if dropout else sft
 
 
+SWAP_WINDOWS = 128  # labelled decision points the label-swap diagnostic reads
+
+
+def label_swap_loss(params, store_root, *, windows: int = SWAP_WINDOWS, batch_size: int = 16, seed: int = 0) -> dict:
+    """Whether a RECAP policy reads its advantage token: its flow-matching loss on labelled rollout windows with
+    the true label in the prompt vs the swapped one (high ↔ low), the same σ and noise for both (issue 22).
+
+    ``windows`` decision points with a label in {0, 1} are drawn from the store's rollouts (``seed``); each is a
+    training window (image, state, clock, the chunk from its control step), as ``WindowLoader`` builds them. The
+    study trains RECAP on every labelled rollout, so these windows are in its training set (there is no held-out
+    labelled data in one study); a policy that ignores the token scores the same loss for both prompts.
+
+    Returns: {"true", "swapped", "swapped_minus_true", "windows", "held_out": False}; None values when the store has
+      no labelled windows.
+    """
+    import jax
+
+    from recap_jax import advantage, policy
+    from recap_jax.data import EpisodeStore
+    from recap_jax.data.loader import action_window
+
+    store = EpisodeStore(store_root)
+    labels = store.read_annotation("label")
+    eps = {e.episode_id: e for e in store.iter_episodes() if e.tags.get("kind") == "rollout"}
+    rows = [(eid, q) for eid, lab in labels.items() if eid in eps for q in range(len(lab)) if lab[q] in (0, 1)]
+    out = {"true": None, "swapped": None, "swapped_minus_true": None, "windows": 0, "held_out": False}
+    if not rows:
+        return out
+    rng = np.random.default_rng(seed)
+    pick = [rows[i] for i in rng.permutation(len(rows))[: max(batch_size, windows - windows % batch_size)]]
+    pick = pick[: len(pick) - len(pick) % batch_size] or (pick * batch_size)[:batch_size]
+    pcfg = params.config
+    params = policy.replace_config(params, indicator_dropout=0.0) if pcfg.indicator_dropout else params
+    tok = pcfg.tokenizer()
+    loss = jax.jit(lambda p, b, k: policy.policy_loss(p, b, k)[0])
+    sums = {"true": 0.0, "swapped": 0.0}
+    for start in range(0, len(pick), batch_size):
+        chunk = pick[start : start + batch_size]
+        batch = {"image": [], "state": [], "t": [], "actions": [], "action_mask": []}
+        lab, prompts = [], []
+        for eid, q in chunk:
+            e, t = eps[eid], int(eps[eid].image_steps[q])
+            a, m = action_window(np.asarray(e.actions, np.float32), t, pcfg.chunk)
+            for k, v in (("image", e.images[q]), ("state", e.states[t]), ("t", t), ("actions", a), ("action_mask", m)):
+                batch[k].append(v)
+            lab.append(int(labels[eid][q]))
+            prompts.append(e.prompt)
+        batch = {k: np.stack(v) for k, v in batch.items()}
+        batch["t"] = batch["t"].astype(np.int32)
+        key = jax.random.fold_in(jax.random.key(seed), start)
+        for name, labs in (("true", lab), ("swapped", [1 - x for x in lab])):
+            ids, mask = tok.encode(advantage.format_prompts(prompts, labs))
+            sums[name] += float(loss(params, batch | {"prompt_ids": ids, "prompt_mask": mask}, key)) * len(chunk)
+    n = len(pick)
+    out.update(true=sums["true"] / n, swapped=sums["swapped"] / n, windows=n)
+    out["swapped_minus_true"] = out["swapped"] - out["true"]
+    return out
+
+
 def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
     from recap_jax import train
 
     params0 = init_params(cfg, out, which)
     d = Path(out) / run_dir(it, which)
-    _, history = glue.train_policy(
+    final, history = glue.train_policy(
         params0=params0,
         store_root=Path(out) / "rollouts",
         kinds=("rollout",),
@@ -64,6 +125,11 @@ def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
         "steps": cfg.finetune.steps,
         "indicator_dropout": params0.config.indicator_dropout,
         "final_loss": history[-1]["loss"] if history else None,
+        "label_swap_loss": label_swap_loss(
+            final, Path(out) / "rollouts", batch_size=cfg.finetune.batch_size, seed=cfg.seed
+        )
+        if which == "recap"
+        else None,
     }
 
 

@@ -107,18 +107,47 @@ def system2_description(cfg: StudyConfig) -> str:
     return f"ViT encoder preset {pcfg.encoder!r} (trained with the expert; a stand-in for Ψ0's Qwen3-VL-2B)"
 
 
+RETURN_FIELDS = ("returns", "c_fail", "max_steps")
+
+
+def return_definition(cfg: StudyConfig) -> dict[str, Any]:
+    """The study's one return definition, {"returns", "c_fail", "max_steps"} for both ``ValueTrainConfig`` and
+    ``LabelConfig`` (``max_steps`` = ``value_training.return_horizon``, the T of the normaliser T − 1)."""
+    v = cfg.value_training
+    if v.return_horizon < cfg.env.episode_length:
+        raise ValueError(
+            f"value_training.return_horizon={v.return_horizon} is below the episode limit "
+            f"env.episode_length={cfg.env.episode_length}: returns would leave [-1, 0]"
+        )
+    return {"returns": v.returns, "c_fail": float(v.c_fail), "max_steps": int(v.return_horizon)}
+
+
 def value_config(cfg: StudyConfig):
+    from recap_jax.labeling import return_range
     from recap_jax.value_training import ValueTrainConfig
 
     v = cfg.value_training
+    overrides = {k: (tuple(x) if isinstance(x, list) else x) for k, x in cfg.value}
+    clash = sorted(set(overrides) & {*RETURN_FIELDS, "v_min", "v_max", "clock_steps", "folds", "min_steps"})
+    if clash:
+        raise ValueError(f"value overrides {clash} are study settings: set them in value_training (ValueSettings)")
+    ret = return_definition(cfg)
+    v_min, v_max = return_range(
+        ret["returns"], max_steps=ret["max_steps"], c_fail=ret["c_fail"], episode_limit=cfg.env.episode_length
+    )
     return ValueTrainConfig(
-        **{k: (tuple(x) if isinstance(x, list) else x) for k, x in cfg.value},
+        **overrides,
+        **ret,
         epochs=v.epochs,
         batch_size=v.batch_size,
         learning_rate=v.learning_rate,
         val_fraction=v.val_fraction,
         split_seed=v.split_seed,
-        max_steps=cfg.env.episode_length,
+        v_min=v_min,
+        v_max=v_max,
+        clock_steps=cfg.env.episode_length if v.clock else 0,
+        folds=v.folds,
+        min_steps=v.min_steps,
         seed=cfg.seed,
     )
 
@@ -127,7 +156,7 @@ def label_config(cfg: StudyConfig):
     from recap_jax.labeling import LabelConfig
 
     return LabelConfig(
-        positive_fraction=cfg.labels.positive_fraction, n_step=cfg.labels.n_step, max_steps=cfg.env.episode_length
+        positive_fraction=cfg.labels.positive_fraction, n_step=cfg.labels.n_step, **return_definition(cfg)
     )
 
 

@@ -89,13 +89,39 @@ class CollectSettings:
 
 @dataclass(frozen=True)
 class ValueSettings:
-    """Distributional value function (201 bins over [-1, 0]), App. B."""
+    """Distributional value function (201 bins), App. B, and the study's one return definition.
+
+    The return definition (``returns``, ``c_fail``, ``return_horizon``) is read by both the value stage and
+    the label stage (``experiments.glue.return_definition``), so the two can never disagree; the value bins
+    cover its range (``recap_jax.labeling.return_range``).
+    """
 
     epochs: int = 50
     batch_size: int = 256
     learning_rate: float = 3e-4
-    val_fraction: float = 0.1  # episode-level split, stratified by outcome
+    val_fraction: float = 0.1  # episode-level split, stratified by outcome (folds <= 1)
     split_seed: int = 42
+    returns: str = "eq1"  # "eq1" (the paper's Eq. 1) or "steps" (pi*0.6 step rewards with c_fail)
+    c_fail: float = 0.0
+    # T of the returns' normaliser T - 1: the paper's 600 (599) whatever the episode limit, so a short episode
+    # limit does not shrink the success/failure gap of the return (issue 22).
+    return_horizon: int = 600
+    # The value function also reads the episode clock (the decision point's control step); a deviation
+    # from the paper, recorded in provenance.deviations.
+    clock: bool = False
+    # >= 2: k-fold, V-hat for the labels out of fold and early stopping on the pooled held-out MSE of the
+    # other folds (value_training.cross_fit); 0: the paper's one 90/10 split (labels from the same model).
+    folds: int = 0
+    min_steps: int = 0  # at least this many Adam steps per model (epochs grow to reach it)
+
+    def __post_init__(self) -> None:
+        if self.returns not in ("eq1", "steps"):
+            raise ValueError(f"value_training.returns must be 'eq1' or 'steps', got {self.returns!r}")
+        if self.c_fail < 0 or self.return_horizon < 2 or self.folds < 0 or self.min_steps < 0 or self.folds == 1:
+            raise ValueError(
+                "value_training needs c_fail >= 0, return_horizon >= 2, min_steps >= 0 and folds 0 or >= 2, got "
+                f"{self.c_fail}, {self.return_horizon}, {self.min_steps}, {self.folds}"
+            )
 
 
 @dataclass(frozen=True)
@@ -238,7 +264,8 @@ SMOKE = StudyConfig(
         steps=120, init_step=60, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=20, norm_widen=True
     ),
     collect=CollectSettings(episodes=16, num_envs=8),
-    value_training=ValueSettings(epochs=5, batch_size=64),
+    # The value function reads the episode clock and labels with out-of-fold V̂ (issue 22).
+    value_training=ValueSettings(epochs=5, batch_size=64, clock=True, folds=4),
     labels=LabelSettings(positive_fraction=0.3),
     finetune=FinetuneSettings(steps=60, batch_size=16, learning_rate=3e-4, warmup_steps=5, log_every=20),
     evaluate=EvalSettings(episodes=8, num_envs=8, gif_episodes=2),
@@ -279,13 +306,15 @@ CPU = StudyConfig(
         norm_widen=True,
     ),
     collect=CollectSettings(episodes=32, num_envs=8, screen_episodes=8),
-    value_training=ValueSettings(epochs=10, batch_size=64),
+    # 40 epochs per fold: on 32 and 192 noised-expert episodes the CNN's pooled held-out MSE was lowest at epoch 11
+    # and 16 (benchmarks RESULTS value_credit); a 600-step floor cost 278 s of the loaded 2-core CPU for nothing.
+    value_training=ValueSettings(epochs=40, batch_size=64, clock=True, folds=4),
     labels=LabelSettings(positive_fraction=0.3),
     finetune=FinetuneSettings(steps=500, batch_size=16, learning_rate=3e-4, warmup_steps=20, log_every=50),
     evaluate=EvalSettings(episodes=32, num_envs=8, gif_episodes=2),
     budget=(
         "8 envs x 216 control steps: ~33 waves (demos ~5, screening 5, collect 4, evaluate 5 x 4); "
-        "SFT 3000 + RECAP 500 + BC-all 500 steps at batch 16; value 10 epochs; smoke's compiled programs"
+        "SFT 3000 + RECAP 500 + BC-all 500 steps at batch 16; value 4 folds x 40 epochs; smoke's compiled programs"
     ),
 )
 
@@ -308,13 +337,14 @@ CPU_LONG = StudyConfig(
     demos=CPU.demos,
     sft=CPU.sft,
     collect=CollectSettings(episodes=128, num_envs=8, screen_episodes=16),
-    value_training=ValueSettings(epochs=20, batch_size=64),
+    value_training=ValueSettings(epochs=40, batch_size=64, clock=True, folds=4),
     labels=LabelSettings(positive_fraction=0.3),
     finetune=FinetuneSettings(steps=1_500, batch_size=16, learning_rate=3e-4, warmup_steps=50, log_every=100),
     evaluate=EvalSettings(episodes=192, num_envs=8, gif_episodes=2),
     budget=(
         "8 envs x 216 control steps: ~151 waves (demos ~5, screening 5 x 2, collect 16, evaluate 5 x 24); "
-        "SFT 3000 + RECAP 1500 + BC-all 1500 steps at batch 16; value 20 epochs; smoke's compiled programs"
+        "SFT 3000 + RECAP 1500 + BC-all 1500 steps at batch 16; value 4 folds x 40 epochs; "
+        "smoke's compiled programs"
     ),
 )
 
@@ -342,14 +372,14 @@ GPU = StudyConfig(
     demos=DemoSettings(num_demos=32, num_envs=512, expert_noise=0.3, dart=True),
     sft=CPU.sft,
     collect=CollectSettings(episodes=512, num_envs=512, screen_episodes=512),
-    value_training=ValueSettings(epochs=20, batch_size=64),
+    value_training=ValueSettings(epochs=30, batch_size=64, clock=True, folds=4, min_steps=2_400),
     labels=LabelSettings(positive_fraction=0.3),
     finetune=FinetuneSettings(steps=4_000, batch_size=16, learning_rate=3e-4, warmup_steps=100, log_every=250),
     evaluate=EvalSettings(episodes=512, num_envs=512, gif_episodes=2),
     budget=(
         "512 envs x 216 control steps: 12 waves (demos 1, screening 5, collect 1, evaluate 5), one reset, one "
         "expert-wave and one policy-wave program; SFT 3000 + RECAP 4000 + BC-all 4000 steps at batch 16 (tiny "
-        "policy); value 20 epochs; ~4 min compile + ~3 min work on one H100"
+        "policy); value 4 folds x >= 2400 steps; ~4 min compile + ~3 min work on one H100"
     ),
 )
 

@@ -45,6 +45,26 @@ def deviations(cfg: StudyConfig) -> list[str]:
             f"The policy also reads the episode clock (policy.phase_steps={phase}: the control step as a phase "
             "input in a state padding slot); Ψ0 has no such input."
         )
+    v = cfg.value_training
+    if v.clock:
+        out.append(
+            f"The value function also reads the episode clock (value_training.clock: the decision point's control "
+            f"step as the phase t/{cfg.env.episode_length}); the paper's value function sees image and state only."
+        )
+    if v.folds >= 2:
+        out.append(
+            f"V̂ for the labels is out of fold ({v.folds}-fold value functions, each episode's V̂ from the model "
+            "that did not train on it; the kept epoch minimises the pooled held-out MSE of the other folds); the "
+            "paper labels with one value function trained on a 90/10 split."
+        )
+    if v.returns != "eq1" or v.return_horizon != 600:
+        out.append(
+            f"Returns are {v.returns!r} (c_fail {v.c_fail}) normalised by {v.return_horizon} - 1 control steps; the "
+            "paper's Eq. 1 normalises by 599."
+        )
+    overrides = dict(cfg.value)
+    if overrides.get("target") == "two_hot":
+        out.append("The value function is trained on two-hot targets; the paper's are one-hot on the nearest bin.")
     if cfg.demos.dart:
         out.append(
             f"SFT demos are DART-style (demos.dart): the scripted expert with noise {cfg.demos.expert_noise} drives "
@@ -185,7 +205,10 @@ def results_block(cfg: StudyConfig, out: Path, it: int) -> dict:
         seed=cfg.seed,
         provenance={},
         outcomes=outcomes,
-        value_function={k: vf.get(k) for k in train_value.VF_KEYS},
+        value_function={
+            **{k: vf.get(k) for k in train_value.VF_KEYS},
+            **{k: lab.get(k) for k in train_value.LABEL_VF_KEYS},
+        },
         rollouts={
             "episodes": col["episodes"],
             "success_rate": col["success_rate"],
@@ -200,6 +223,11 @@ def results_block(cfg: StudyConfig, out: Path, it: int) -> dict:
             "demos": demos,
             "labels": {k: lab.get(k) for k in ("thresholds", "positive_fraction", "num_decisions")},
             "value_function_details": vf,
+            # Does the RECAP policy read its advantage token? Its flow-matching loss with the true vs the swapped
+            # label on labelled rollout windows (finetune.label_swap_loss; in its training set).
+            "label_swap_loss": common.read_json(out / finetune.run_dir(it, "recap") / common.MARKER)["outputs"].get(
+                "label_swap_loss"
+            ),
         },
     )
     return results

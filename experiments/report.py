@@ -230,13 +230,16 @@ def table1_markdown(results: Mapping[str, Any], labels: Mapping[str, tuple[str, 
         )
     vf = results.get("value_function") or {}
     if vf:
-        parts = [
-            f"{k} {vf[k]:.3f}"
-            for k in ("mse", "naive_mse", "episode_auc", "step_auc", "kendall_tau")
-            if _num(vf.get(k))
-        ]
+        keys = ("mse", "naive_mse", "clock_only_mse", "episode_auc", "step_auc", "within_bin_step_auc", "kendall_tau")
+        parts = [f"{k} {vf[k]:.3f}" for k in keys if _num(vf.get(k))]
+        if _num(vf.get("high_label_failed_fraction")):
+            parts.append(f"high labels in failed episodes {100 * vf['high_label_failed_fraction']:.1f}%")
+        goal = vf.get("goal")
+        if isinstance(goal, dict) and "met" in goal:
+            parts.append("credit-assignment goal " + ("met" if goal["met"] else "not met"))
         if parts:
-            lines += ["", "Value function (held-out split): " + ", ".join(parts)]
+            where = "out of fold, all episodes" if vf.get("labels_out_of_fold") else "held-out split"
+            lines += ["", f"Value function ({where}): " + ", ".join(parts)]
     return "\n".join(lines) + "\n"
 
 

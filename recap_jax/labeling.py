@@ -44,7 +44,8 @@ class LabelConfig:
       positive_fraction: share f of decision points labelled high (global top f).
       returns: "eq1" (Eq. (1), time to completion) or "steps" (π*0.6 step rewards with ``c_fail``).
       c_fail: failure penalty C_fail ≥ 0 for ``returns="steps"``.
-      max_steps: the episode step limit T used to normalise returns.
+      max_steps: the T of the returns' normaliser T − 1 (Eq. (1): 600, so 599, whatever the episode limit;
+        the study sets it from ``ValueSettings.return_horizon`` for both stages, ``experiments.glue``).
       n_step: None for A = r − V̂ (the paper); n ≥ 1 for N-step advantages over n decision points.
       per_iteration: one threshold per ``tags["iteration"]`` instead of one global threshold.
       iteration_fractions: ((iteration, f), ...) overriding ``positive_fraction`` for those iterations
@@ -147,6 +148,24 @@ def batch_returns(
     return np.where(mask, np.clip(np.asarray(out, np.float32), -1.0, 0.0), 0.0).astype(np.float32)
 
 
+def return_range(kind: str = "eq1", *, max_steps: int = ret_math.MAX_STEPS, c_fail: float = 0.0, episode_limit=None):
+    """(v_min, v_max): the range of the returns ``batch_returns`` can produce for episodes of at most
+    ``episode_limit`` control steps (default ``max_steps``), the support of the value function's bins.
+
+    "eq1": failures are −1 whatever the limit, so (−1, 0). "steps": the worst return is a failure at the
+    limit L, −(L − 1 + C_fail)/(max_steps − 1 + C_fail), which is above −1 when L < max_steps.
+    """
+    if kind not in RETURN_KINDS:
+        raise ValueError(f"kind must be one of {RETURN_KINDS}, got {kind!r}")
+    limit = max_steps if episode_limit is None else int(episode_limit)
+    if not 1 <= limit <= max_steps:
+        raise ValueError(f"episode_limit must lie in [1, max_steps={max_steps}], got {episode_limit}")
+    if kind == "eq1":
+        return -1.0, 0.0
+    worst = -((limit - 1) + c_fail) / ((max_steps - 1) + c_fail)
+    return (float(worst), 0.0) if worst < 0 else (-1.0, 0.0)
+
+
 def batch_advantages(returns: np.ndarray, values: np.ndarray, mask: np.ndarray, n_step: int | None) -> np.ndarray:
     """A float32 [E, Q]: r − V̂ (``n_step`` None) or N-step advantages over decision points; 0 where masked."""
     if n_step is None:
@@ -187,6 +206,13 @@ def threshold_labels(
         labels[sel] = np.asarray(adv_math.advantage_labels(adv[sel], eta))
     labels[mask & forced[:, None]] = adv_math.HIGH
     return labels, thresholds
+
+
+def _share(labels: np.ndarray, sel: np.ndarray, failed: np.ndarray) -> float | None:
+    """Of the high labels among ``sel`` [E, Q], the fraction in rows with ``failed`` [E] (None if no high)."""
+    high = sel & (labels == adv_math.HIGH)
+    n = int(high.sum())
+    return float((high & failed[:, None]).sum() / n) if n else None
 
 
 def compute_labels(
@@ -236,6 +262,13 @@ def compute_labels(
         "num_episodes": len(metas),
         "num_decisions": int(mask.sum()),
         "num_forced": int(forced.sum()),
+        # Credit assignment at a glance (issue 22): with A = r − V̂ and V̂ ≈ a constant, "high" marks only the
+        # decision points of successful episodes; a value function that assigns credit also marks some of failed
+        # episodes. The share of rollout "high" labels that lie in failed episodes, and of failed-episode points.
+        "high_label_failed_fraction": _share(labels, mask & ~forced[:, None], ~success),
+        "failed_points_high_fraction": adv_math.positive_fraction(labels[mask & ~forced[:, None] & ~success[:, None]])
+        if (mask & ~forced[:, None] & ~success[:, None]).any()
+        else None,
     }
     return out, summary
 

@@ -118,12 +118,15 @@ def test_presets_build_the_stage_configs(name):
     assert tuple(pcfg.image_size) == tuple(cfg.env.image_size) and pcfg.execute == cfg.env.replan_every
     assert glue.policy_config(cfg, 0.3).indicator_dropout == 0.3
     vcfg = glue.value_config(cfg)
-    assert (vcfg.epochs, vcfg.max_steps, vcfg.split_seed) == (
+    assert (vcfg.epochs, vcfg.max_steps, vcfg.split_seed, vcfg.folds) == (
         cfg.value_training.epochs,
-        cfg.env.episode_length,
+        cfg.value_training.return_horizon,  # Eq. 1's normaliser, not the episode limit (issue 22)
         cfg.value_training.split_seed,
+        cfg.value_training.folds,
     )
-    assert glue.label_config(cfg).positive_fraction == cfg.labels.positive_fraction
+    lcfg = glue.label_config(cfg)
+    assert lcfg.positive_fraction == cfg.labels.positive_fraction
+    assert (lcfg.returns, lcfg.c_fail, lcfg.max_steps) == (vcfg.returns, vcfg.c_fail, vcfg.max_steps)
     opt = glue.optimizer_config(cfg.finetune, cfg.finetune.steps)
     assert (opt.lr, opt.total_steps) == (cfg.finetune.learning_rate, cfg.finetune.steps)
 

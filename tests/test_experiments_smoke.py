@@ -74,7 +74,14 @@ def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
     is_hi, is_lo = ((ids == policy.tokenize(pcfg, [glue.prompt_for(word)])[0]).all(axis=1) for word in ("high", "low"))
     assert (is_hi | is_lo).all() and is_hi.any() and is_lo.any()
     assert abs(is_hi.mean() - labels.mean()) <= 0.15, (is_hi.mean(), labels.mean())
-    assert set(saved["value_function"]) == set(recap_bendpick.train_value.VF_KEYS)
+    tv = recap_bendpick.train_value
+    vf = saved["value_function"]
+    assert set(vf) == set(tv.VF_KEYS) | set(tv.LABEL_VF_KEYS)
+    # Issue 22: labels from out-of-fold V̂, the clock-only baseline on the same folds, the goal reported.
+    assert vf["labels_out_of_fold"] is True and vf["folds"] == cfg.value_training.folds
+    assert vf["clock_only_mse"] is not None and isinstance(vf["goal"]["met"], bool)
+    swap = saved["label_swap_loss"]
+    assert swap["windows"] > 0 and swap["true"] > 0 and swap["swapped"] > 0 and swap["held_out"] is False
     assert saved["rollouts"]["episodes"] == 8
     assert saved["seconds"]["total"] > 0 and saved["provenance"]["deviations"]
     assert saved["provenance"]["physics"] == describe_physics(envs.make("G1BendPick-v0").mj_model)  # the default
