@@ -1,9 +1,12 @@
 """Named, frozen configurations of the RECAP-Ψ BendPick study.
 
-Five presets, one per scale:
+Six presets, one per scale:
 
 * ``smoke`` — every stage for real on a 2-core CPU in at most ~10 minutes (tiny models, a few
-  batched episodes, a short episode limit). Default of ``python -m experiments.recap_bendpick``.
+  batched episodes, a short episode limit), with no headroom (its policy never succeeds). Default of
+  ``python -m experiments.recap_bendpick``; the tests' reduced study is the ``demo`` preset cut further.
+* ``demo`` — what ``make demo`` runs: the ``cpu`` recipe, which has headroom, with few episodes per
+  stage, in at most 10 minutes from an empty compilation cache on a 2-core CPU.
 * ``cpu``   — smoke's shapes, trained long enough for headroom (DART demos, the episode clock, SFT
   screened for the 25-60% band) on a 2-core CPU in about 20 minutes.
 * ``cpu_long`` — the ``cpu`` preset with 128 rollouts and 192 paired evaluation episodes per

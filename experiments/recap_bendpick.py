@@ -1,6 +1,6 @@
 """The whole RECAP-Ψ study on G1 BendPick, stage by stage, resumable.
 
-    python -m experiments.recap_bendpick --preset smoke --out runs/smoke
+    python -m experiments.recap_bendpick --preset demo --out runs/demo       (make demo)
     python -m experiments.recap_bendpick --preset gpu --out runs/gpu --iterations 2
 
 Order: demos → SFT → collect (SFT collection checkpoint) → value → labels → RECAP + BC-all → evaluate
@@ -60,7 +60,7 @@ class Args:
 
     Attributes:
       out: run directory (a killed study resumes from it).
-      preset: smoke | cpu | gpu | paper.
+      preset: smoke | demo | cpu | cpu_long | gpu | paper.
       seed: study seed (default: the preset's).
       iterations: K > 1 runs the π*0.6 loop (one results block per iteration).
       cfg_beta: classifier-free guidance β for recap_high at evaluation (needs --indicator-dropout > 0).
