@@ -249,10 +249,11 @@ SMOKE = StudyConfig(
 # The `smoke` preset shows that every stage runs, but its 120-step SFT policy never succeeds, so its Table 1
 # is all zeros (issue #24). This preset keeps the recipe that has headroom (the `cpu` preset: DART demos,
 # the episode clock, SFT 3000 steps at lr 2e-3, screened for the 25-60% band) and cuts everything else:
-# screening on one wave per candidate, 32 rollouts, RECAP and BC-all 100 steps (they barely move from
-# the collection checkpoint: the point is non-degenerate counts, not a difference), 16 paired evaluation
-# episodes per condition. Its fixed seed collects both outcomes; tests/test_experiments_smoke.py fails
-# if that ever stops holding.
+# screening on one wave per candidate, 32 rollouts, RECAP and BC-all 100 steps, 16 paired evaluation
+# episodes per condition (too few for any comparison to separate: cpu_long and gpu answer the question).
+# Its fixed seed collects both outcomes (13/32); tests/test_experiments_smoke.py fails if that ever stops
+# holding. Measured (results/demo/README.md): the fine-tuned conditions then failed all 16 evaluation
+# episodes (SFT@3k: 2/16), so the printed comparisons were 0 vs 0.
 # Budget (2-core CPU; shapes and compiled programs as smoke's): 8-env x 216-step waves: demos ~5,
 # screening 4, collection 4, evaluation 5 x 2 = ~23 waves; SFT 3000 + RECAP 100 + BC-all 100 train steps
 # at batch 16 (~73 ms CPU each); value 10 epochs. Compile: reset, expert wave, policy wave, two train
