@@ -249,13 +249,13 @@ SMOKE = StudyConfig(
 # The `smoke` preset shows that every stage runs, but its 120-step SFT policy never succeeds, so its Table 1
 # is all zeros (issue #24). This preset keeps the recipe that has headroom (the `cpu` preset: DART demos,
 # the episode clock, SFT 3000 steps at lr 2e-3, screened for the 25-60% band) and cuts everything else:
-# screening on one wave per candidate, 32 rollouts, RECAP and BC-all 100 steps, 16 paired evaluation
+# screening on one wave per candidate, 32 rollouts, RECAP and BC-all 100 steps, 8 paired evaluation
 # episodes per condition (too few for any comparison to separate: cpu_long and gpu answer the question).
 # Its fixed seed collects both outcomes (13/32); tests/test_experiments_smoke.py fails if that ever stops
-# holding. Measured (results/demo/README.md): the fine-tuned conditions then failed all 16 evaluation
-# episodes (SFT@3k: 2/16), so the printed comparisons were 0 vs 0.
+# holding. Measured (results/demo/README.md): the fine-tuned conditions then failed every evaluation
+# episode (SFT@3k: 2/16 at 16 episodes, the same two among the first 8), so the comparisons were 0 vs 0.
 # Budget (2-core CPU; shapes and compiled programs as smoke's): 8-env x 216-step waves: demos ~5,
-# screening 4, collection 4, evaluation 5 x 2 = ~23 waves; SFT 3000 + RECAP 100 + BC-all 100 train steps
+# screening 3, collection 4, evaluation 5 x 1 = ~17 waves; SFT 3000 + RECAP 100 + BC-all 100 train steps
 # at batch 16 (~73 ms CPU each); value 10 epochs. Compile: reset, expert wave, policy wave, two train
 # steps (SFT and fine-tuning schedules), value programs. Measured: see results/demo/README.md.
 DEMO = StudyConfig(
@@ -269,7 +269,7 @@ DEMO = StudyConfig(
     sft=SFTSettings(
         steps=3_000,
         init_step=2_000,
-        candidate_steps=(1_500, 2_000, 2_500, 3_000),
+        candidate_steps=(2_000, 2_500, 3_000),
         batch_size=16,
         learning_rate=2e-3,
         warmup_steps=50,
@@ -280,9 +280,9 @@ DEMO = StudyConfig(
     value_training=ValueSettings(epochs=10, batch_size=64),
     labels=LabelSettings(positive_fraction=0.3),
     finetune=FinetuneSettings(steps=100, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=50),
-    evaluate=EvalSettings(episodes=16, num_envs=8, gif_episodes=2),
+    evaluate=EvalSettings(episodes=8, num_envs=8, gif_episodes=2),
     budget=(
-        "8 envs x 216 control steps: ~23 waves (demos ~5, screening 4, collect 4, evaluate 5 x 2); "
+        "8 envs x 216 control steps: ~17 waves (demos ~5, screening 3, collect 4, evaluate 5 x 1); "
         "SFT 3000 + RECAP 100 + BC-all 100 steps at batch 16; value 10 epochs; smoke's compiled programs"
     ),
 )

@@ -113,7 +113,7 @@ def test_smoke_budget_is_small():
 def test_make_demo_runs_the_demo_preset():
     """make demo runs the demo preset (tests/_demo_collect.py reads the same line; the test that its fixed
     seed collects both outcomes is in test_experiments_smoke.py), sized for <= 10 minutes cold on 2 cores:
-    at most ~40 waves of 8 envs and ~3.2k policy train steps, with every comparison on >= 16 paired episodes
+    at most ~40 waves of 8 envs and ~3.2k policy train steps, with every comparison on >= 8 paired episodes
     and a collection large enough for both outcomes and the value function's held-out split."""
     import sys
     from pathlib import Path
@@ -127,7 +127,7 @@ def test_make_demo_runs_the_demo_preset():
     waves = sum(d.env_steps().values()) / (t * d.evaluate.num_envs)
     assert waves <= 40, waves
     assert d.sft.steps + 2 * d.finetune.steps <= 3_200
-    assert d.evaluate.episodes >= 16 and d.collect.episodes >= 16
+    assert d.evaluate.episodes >= 8 and d.collect.episodes >= 16
     assert d.demos.dart and dict(d.policy).get("phase_steps") == t  # the recipe that has headroom (STUDY.md)
     assert d.collect.screen_episodes > 0 and all(0 < s <= d.sft.steps for s in d.sft.candidate_steps)
 
