@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (the RECAP study, smoke preset) and `make test`.
+# Two entry points for a fresh machine: `make demo` (the RECAP study, demo preset) and `make test`.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -22,14 +22,14 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python -m experiments.recap_bendpick --preset smoke --out runs/smoke
+	$(BIN)/python -m experiments.recap_bendpick --preset demo --out runs/demo
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 format: install
 	$(BIN)/ruff format .

@@ -161,13 +161,20 @@ def stage_done(out: str | os.PathLike, stage: str, cfg_slice: Any, rerun_mismatc
 
 
 def mark_done(
-    out: str | os.PathLike, stage: str, cfg_slice: Any, outputs: Mapping[str, Any], seconds: float, files=()
+    out: str | os.PathLike,
+    stage: str,
+    cfg_slice: Any,
+    outputs: Mapping[str, Any],
+    seconds: float,
+    files=(),
+    timing: Mapping[str, Any] | None = None,
 ) -> dict:
     marker = {
         "stage": stage,
         "config": _jsonable(cfg_slice),
         "outputs": _jsonable(dict(outputs)),
         "seconds": round(float(seconds), 2),
+        "timing": _jsonable(dict(timing or {})),
         "files": [str(f) for f in files],
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -182,6 +189,64 @@ def timer() -> Iterator[dict]:
         yield t
     finally:
         t["seconds"] = time.perf_counter() - t["start"]
+
+
+# JAX's own compile-time events (jax.monitoring), summed per process: tracing, lowering to MLIR, and the
+# backend compile, which also covers loading a program from the persistent compilation cache.
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+    "/jax/core/compile/backend_compile_duration": "backend_s",
+}
+_BACKEND_EVENT = "/jax/core/compile/backend_compile_duration"  # once per program compiled or loaded from the cache
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "cache_hits"}
+_compile_totals: dict[str, float] = {}
+
+
+def _listen_to_compiles() -> None:
+    if _compile_totals:
+        return
+    import jax
+
+    _compile_totals.update(dict.fromkeys([*_COMPILE_EVENTS.values(), *_CACHE_EVENTS.values(), "programs"], 0.0))
+
+    def on_duration(event: str, duration: float, **_: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            _compile_totals[_COMPILE_EVENTS[event]] += float(duration)
+        if event == _BACKEND_EVENT:
+            _compile_totals["programs"] += 1
+
+    def on_event(event: str, **_: Any) -> None:
+        if event in _CACHE_EVENTS:
+            _compile_totals[_CACHE_EVENTS[event]] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+
+
+@contextlib.contextmanager
+def stage_clock() -> Iterator[dict]:
+    """Wall, process-CPU and JAX compile time of the block (``{"seconds", "timing"}`` once it ends).
+
+    ``timing``: ``cpu_s`` (this process's user + system CPU: the work it did, less inflated than the wall
+    time on a loaded machine), ``compile_s`` (JAX tracing + lowering + backend compile, loads from the
+    persistent compilation cache included), ``compiled`` (programs compiled, small ones included, because
+    the persistent cache missed or was not used) and ``cache_hits`` (programs loaded from it). Calls served
+    by JAX's in-memory caches compile nothing and count nothing.
+    """
+    _listen_to_compiles()
+    before, cpu0 = dict(_compile_totals), time.process_time()
+    with timer() as t:
+        try:
+            yield t
+        finally:
+            d = {k: _compile_totals[k] - before[k] for k in _compile_totals}
+            t["timing"] = {
+                "cpu_s": round(time.process_time() - cpu0, 1),
+                "compile_s": round(d["trace_s"] + d["lower_s"] + d["backend_s"], 1),
+                "compiled": int(d["programs"] - d["cache_hits"]),
+                "cache_hits": int(d["cache_hits"]),
+            }
 
 
 # ---- provenance and logging -----------------------------------------------------------------------
@@ -262,7 +327,7 @@ class StageArgs:
 
     Attributes:
       out: the run directory (created; its config.json pins the preset for every later stage).
-      preset: smoke | cpu | gpu | paper (default: the run directory's, else smoke).
+      preset: smoke | demo | cpu | cpu_long | gpu | paper (default: the run directory's, else smoke).
       seed: the study seed (default: the preset's).
     """
 
@@ -292,9 +357,14 @@ def run_stage(
             print(f"[{stage}] done earlier ({done['seconds']:.1f} s): skipped", flush=True)
             return done
     print(f"[{stage}] running", flush=True)
-    with timer() as t:
+    with stage_clock() as t:
         outputs = fn()
     files = files_fn(outputs) if files_fn else ()
-    marker = mark_done(out, stage, cfg_slice, outputs, t["seconds"], files)
-    print(f"[{stage}] finished in {t['seconds']:.1f} s", flush=True)
+    marker = mark_done(out, stage, cfg_slice, outputs, t["seconds"], files, t["timing"])
+    tm = t["timing"]
+    print(
+        f"[{stage}] finished in {t['seconds']:.1f} s (compile {tm['compile_s']:.1f} s: {tm['compiled']} programs "
+        f"compiled, {tm['cache_hits']} from the cache; CPU {tm['cpu_s']:.1f} s)",
+        flush=True,
+    )
     return marker

@@ -1,6 +1,6 @@
 """The whole RECAP-Ψ study on G1 BendPick, stage by stage, resumable.
 
-    python -m experiments.recap_bendpick --preset smoke --out runs/smoke
+    python -m experiments.recap_bendpick --preset demo --out runs/demo       (make demo)
     python -m experiments.recap_bendpick --preset gpu --out runs/gpu --iterations 2
 
 Order: demos → SFT → collect (SFT collection checkpoint) → value → labels → RECAP + BC-all → evaluate
@@ -80,7 +80,7 @@ class Args:
 
     Attributes:
       out: run directory (a killed study resumes from it).
-      preset: smoke | cpu | gpu | paper.
+      preset: smoke | demo | cpu | cpu_long | gpu | paper.
       seed: study seed (default: the preset's).
       iterations: K > 1 runs the π*0.6 loop (one results block per iteration).
       cfg_beta: classifier-free guidance β for recap_high at evaluation (needs --indicator-dropout > 0).
@@ -172,9 +172,14 @@ def run_study(cfg: StudyConfig, out: Path) -> dict:
     return results
 
 
-def _stage_seconds(out: Path, it: int) -> dict[str, float]:
+def _stage_seconds(out: Path, it: int, field: str = "seconds") -> dict:
+    """Per-stage wall seconds of iteration ``it`` from the stage markers (``field="timing"``: each stage's
+    compile / CPU breakdown, ``common.stage_clock``), with the wall total."""
+
     def sec(name):
         path = out / name / common.MARKER
+        if field == "timing":
+            return common.read_json(path).get("timing") if path.exists() else None
         return common.read_json(path)["seconds"] if path.exists() else 0.0
 
     s = {}
@@ -189,6 +194,10 @@ def _stage_seconds(out: Path, it: int) -> dict[str, float]:
     for cond in report.CONDITIONS:
         if it == 0 or not cond.startswith("sft_"):
             s[f"evaluate_{cond}"] = sec(evaluate.stage_name(it, cond))
+    if field == "timing":
+        rows = [t for t in s.values() if t]
+        s["total"] = {k: round(sum(t.get(k, 0) for t in rows), 1) for k in ("compile_s", "cpu_s", "compiled")}
+        return s
     s["total"] = round(sum(s.values()), 2)
     return s
 
@@ -228,6 +237,7 @@ def results_block(cfg: StudyConfig, out: Path, it: int) -> dict:
             "label_swap_loss": common.read_json(out / finetune.run_dir(it, "recap") / common.MARKER)["outputs"].get(
                 "label_swap_loss"
             ),
+            "stage_timing": _stage_seconds(out, it, "timing"),
         },
     )
     return results
@@ -284,6 +294,13 @@ def main(argv=None) -> dict:
     results = run_study(cfg, args.out)
     table = write_outputs(cfg, args.out, results)
     print("\n" + table)
+    tt = (results.get("stage_timing") or {}).get("total") or {}
+    if tt:
+        print(
+            f"stage time: {results['seconds']['total']:.0f} s wall, of it {tt['compile_s']:.0f} s compiling "
+            f"({tt['compiled']:.0f} programs compiled, the rest loaded from the persistent cache); "
+            f"{tt['cpu_s']:.0f} CPU-s (per stage: results.json -> stage_timing)"
+        )
     print(f"results: {Path(args.out) / 'results.json'}")
     return results
 

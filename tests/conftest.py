@@ -13,3 +13,13 @@ os.environ["XLA_FLAGS"] = _flags.strip()
 from recap_jax import _platform  # noqa: E402
 
 _platform.enable_compilation_cache()
+
+# The longest test file first. `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: each file
+# goes whole to one of two workers in collection order (xdist's default reorder sorts files by test count,
+# which sent the two-test smoke file last), so a long file taken late (test_experiments_smoke.py runs make
+# demo's demos, SFT and collection: several minutes cold) would run alone after the other worker is done.
+LONGEST_FIRST = ("test_experiments_smoke.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: files keep their order

@@ -168,3 +168,26 @@ def test_save_outcomes_round_trip(tmp_path):
     np.testing.assert_array_equal(saved.fell, loaded.fell)
     with np.load(path.with_name("recap_high_beta1_detail.npz")) as z:
         assert set(z.files) == {"cause", "images_0"}
+
+
+def test_stage_marker_records_compile_and_cpu_time(tmp_path, capsys):
+    """run_stage's marker and log carry the stage's JAX compile time and program counts (common.stage_clock):
+    a stage that compiles a new program counts it, a stage that compiles nothing counts nothing."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    salt = float(time.time_ns() % 1_000_003)  # a program no cache has seen
+
+    def compiles():
+        f = jax.jit(lambda x: jnp.sin(x) * salt + jnp.cumsum(x))
+        return {"y": float(f(jnp.arange(7.0)).sum())}
+
+    m = common.run_stage(tmp_path, "a", {"k": 1}, compiles)
+    t = m["timing"]
+    assert t["compiled"] >= 1 and t["compile_s"] > 0 and t["cpu_s"] >= 0
+    assert common.read_json(tmp_path / "a" / common.MARKER)["timing"] == t
+    assert "programs compiled" in capsys.readouterr().out
+    idle = common.run_stage(tmp_path, "b", {"k": 1}, lambda: {"n": sum(range(1000))})["timing"]
+    assert idle["compiled"] == 0 and idle["cache_hits"] == 0 and idle["compile_s"] == 0.0

@@ -11,7 +11,7 @@ from experiments import presets
 
 
 def test_presets_are_frozen_and_named():
-    assert set(presets.PRESETS) == {"smoke", "cpu", "cpu_long", "gpu", "paper", "psi0"}
+    assert set(presets.PRESETS) == {"smoke", "demo", "cpu", "cpu_long", "gpu", "paper", "psi0"}
     for name, cfg in presets.PRESETS.items():
         assert cfg.name == name and cfg.budget
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -20,10 +20,11 @@ def test_presets_are_frozen_and_named():
 
 
 def test_cpu_preset_shares_smokes_compiled_programs():
-    """cpu differs from smoke only in counts and optimiser settings, so the env, policy and value programs
-    (keyed by shapes and static configs) compiled by one serve the other."""
+    """demo, cpu and cpu_long differ from smoke only in counts and optimiser settings, so the env, policy and
+    value programs (keyed by shapes and static configs) compiled by one serve the others (make demo's cache
+    serves make test's smoke study and the other way round)."""
     smoke = presets.get_preset("smoke")
-    for cpu in (presets.get_preset("cpu"), presets.get_preset("cpu_long")):
+    for cpu in (presets.get_preset("demo"), presets.get_preset("cpu"), presets.get_preset("cpu_long")):
         _assert_shares_programs(smoke, cpu)
 
 
@@ -107,6 +108,28 @@ def test_smoke_budget_is_small():
     s = presets.get_preset("smoke")
     assert sum(s.env_steps().values()) <= 20_000
     assert s.evaluate.num_envs <= 8 and s.collect.num_envs <= 8
+
+
+def test_make_demo_runs_the_demo_preset():
+    """make demo runs the demo preset (tests/_demo_collect.py reads the same line; the test that its fixed
+    seed collects both outcomes is in test_experiments_smoke.py), sized for <= 10 minutes cold on 2 cores:
+    at most ~40 waves of 8 envs and ~3.2k policy train steps, with every comparison on >= 8 paired episodes
+    and a collection large enough for both outcomes and the value function's held-out split."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _demo_collect import demo_preset
+
+    assert demo_preset() == "demo"
+    d = presets.get_preset("demo")
+    t = d.env.episode_length
+    waves = sum(d.env_steps().values()) / (t * d.evaluate.num_envs)
+    assert waves <= 40, waves
+    assert d.sft.steps + 2 * d.finetune.steps <= 3_200
+    assert d.evaluate.episodes >= 8 and d.collect.episodes >= 16
+    assert d.demos.dart and dict(d.policy).get("phase_steps") == t  # the recipe that has headroom (STUDY.md)
+    assert d.collect.screen_episodes > 0 and all(0 < s <= d.sft.steps for s in d.sft.candidate_steps)
 
 
 @pytest.mark.parametrize("name", sorted(presets.PRESETS))

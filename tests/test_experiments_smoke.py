@@ -1,13 +1,27 @@
-"""A reduced RECAP-Ψ study end to end on CPU: every stage for real, then resume skips every stage.
+"""``make demo``'s first stages on the demo preset's fixed seed, then a reduced study on top of them.
 
-The shapes (8 envs, 216-step episodes, tiny models, batch 16, 48x80 images) are the ``smoke`` preset's,
-so the compiled expert wave, policy wave and train step are shared with ``make demo`` through the
-persistent compilation cache; only the counts shrink (1 wave per stage, a few train steps).
+* ``demo_run`` (module fixture): the demos, SFT, screening and collection of ``make demo``, run as
+  ``make demo`` runs them (``tests/_demo_collect.py``: its own process, one host device, the Makefile's
+  XLA flags, so its programs and numbers are the demo's), once for this file.
+* ``test_demo_preset_collects_both_outcomes``: that collection has successes and failures (issue #24: a
+  demo whose every rollout failed printed a table of zeros).
+* ``test_reduced_study_end_to_end_and_resume``: the remaining stages for real on that run directory
+  (value, labels, RECAP and BC-all for 2 steps, evaluation on 8 episodes: ``ci_config``), then a second
+  invocation that skips every stage. The value function sees both outcomes here.
+
+Both tests are in one file so that one xdist worker runs them one after the other on one demo run; the
+reset, expert-wave and policy-wave programs are the ``smoke``/``demo`` shapes, shared with ``make demo``
+through the persistent compilation cache.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,16 +33,17 @@ from recap_jax import policy
 from recap_jax.data import EpisodeStore
 from recap_jax.data.loader import LoaderConfig, WindowLoader
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from _demo_collect import demo_preset  # noqa: E402
+
 
 def ci_config() -> presets.StudyConfig:
+    """The demo preset (its demos, SFT and collection stages match ``demo_run``'s, so they are skipped) with
+    the later stages cut to a few steps and one evaluation wave."""
     return presets.override(
-        presets.get_preset("smoke"),
+        presets.get_preset(demo_preset()),
         **{
-            "demos.successful_only": False,
-            "sft.steps": 4,
-            "sft.init_step": 2,
-            "sft.log_every": 2,
-            "collect.episodes": 8,
             "value_training.epochs": 1,
             "finetune.steps": 2,
             "finetune.log_every": 1,
@@ -37,19 +52,52 @@ def ci_config() -> presets.StudyConfig:
     )
 
 
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    """``make demo``'s demos, SFT, screening and collection (tests/_demo_collect.py) in a run directory."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_demo_collect.py"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
-def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
+def test_demo_preset_collects_both_outcomes(demo_run):
+    """The demo's collection on its fixed seed has successes and failures: otherwise the value function,
+    the labels and every comparison ``make demo`` prints are degenerate. (Faithful, not cheap: the outcome
+    depends on the demos, the whole SFT run and the screen, so the check runs them as ``make demo`` does.)"""
+    assert demo_preset() == "demo"
+    cfg = presets.get_preset("demo")
+    col = common.read_json(demo_run / "collect" / common.MARKER)["outputs"]
+    assert col["episodes"] == cfg.collect.episodes
+    assert 0 < col["successes"] < col["episodes"], col
+    # The SFT policy learned from the configured number of successful expert demos.
+    demos = common.read_json(demo_run / "demos" / common.MARKER)["outputs"]
+    assert demos["demos"] == cfg.demos.num_demos == demos["demo_successes"], demos
+
+
+@pytest.mark.slow
+def test_reduced_study_end_to_end_and_resume(demo_run, tmp_path, capsys):
     cfg = ci_config()
     out = tmp_path / "run"
+    shutil.copytree(demo_run, out)
     common.save_config(out, cfg)
     results = recap_bendpick.run_study(cfg, out)
     table = recap_bendpick.write_outputs(cfg, out, results)
 
     saved = json.loads((out / "results.json").read_text())
-    assert saved["preset"] == "smoke" and saved["seed"] == cfg.seed
+    assert saved["preset"] == "demo" and saved["seed"] == cfg.seed
     assert set(saved["conditions"]) == set(report.CONDITIONS)
     for row in saved["conditions"].values():
-        assert row["episodes"] == 8 and 0.0 <= row["ci_low"] <= row["rate"] <= row["ci_high"] <= 1.0
+        assert row["episodes"] == cfg.evaluate.episodes and 0.0 <= row["ci_low"] <= row["rate"] <= row["ci_high"] <= 1.0
         assert set(row["failures"]) >= {"total", "fell", "timeout"}
     for cmp in saved["comparisons"].values():
         assert {"diff", "diff_ci_low", "diff_ci_high", "z", "p", "mcnemar_p"} <= set(cmp)
@@ -82,7 +130,11 @@ def test_reduced_study_end_to_end_and_resume(tmp_path, capsys):
     assert vf["clock_only_mse"] is not None and isinstance(vf["goal"]["met"], bool)
     swap = saved["label_swap_loss"]
     assert swap["windows"] > 0 and swap["true"] > 0 and swap["swapped"] > 0 and swap["held_out"] is False
-    assert saved["rollouts"]["episodes"] == 8
+    assert saved["rollouts"]["episodes"] == cfg.collect.episodes
+    # Both outcomes in the rollouts: the naive mean-return baseline has something to miss.
+    assert saved["value_function"]["naive_mse"] > 0, saved["value_function"]
+    # Per-stage timing from the markers (common.stage_clock), for the stages this invocation ran.
+    assert saved["stage_timing"]["value"]["cpu_s"] >= 0 and saved["stage_timing"]["total"]["compile_s"] >= 0
     assert saved["seconds"]["total"] > 0 and saved["provenance"]["deviations"]
     assert saved["provenance"]["physics"] == describe_physics(envs.make("G1BendPick-v0").mj_model)  # the default
     for name in ("table1.md", "fig2_success_rates.png", "fig6_differences.png"):
