@@ -6,15 +6,19 @@ A Ψ0 training run directory, as read here:
   ``recap_jax.models.convert``) and the whole Qwen3-VL under ``vlm_model.*`` (Hugging Face's
   ``Qwen3VLForConditionalGeneration`` keys: ``model.visual.*``, ``model.language_model.*``, optionally
   the tied ``lm_head.weight``), bf16 in Ψ0's runs;
-* ``run_config.json``: the normalisation statistics Ψ0 copied from the dataset's
-  ``meta/stats_psi0.json`` — the first nested object holding ``"action"`` and ``"states"`` groups with
-  ``"min"``/``"max"`` — and, when the run stored it, the VLM's config (the first nested object holding
-  ``"text_config"`` and ``"vision_config"``). Without one there, ``config.json`` beside it, or the
-  ``vlm_config`` argument (a preset name, a dict, or a config.json / model directory) supplies it.
+* ``run_config.json``: Ψ0's launch config (``LaunchConfig.model_dump_json``, written by Ψ0's
+  ``scripts/train.py``). Its normalisation sits in ``data.transform.field`` (Ψ0's
+  ``ActionStateTransform``): ``action_min``/``action_max`` [36] and, with ``normalize_state`` (SIMPLE
+  fine-tuning sets it), ``state_min``/``state_max`` [32], already chosen by ``action_norm_type``
+  ("bounds" = min/max, "bounds_q99" = q01/q99). A run without state normalisation is refused (our policy
+  always normalises states). Failing that path, the first nested object holding ``"action"`` and
+  ``"states"`` groups with ``"min"``/``"max"`` (``stats_psi0.json``'s layout) is used. The VLM config comes
+  from the first nested object holding ``"text_config"`` and ``"vision_config"`` when the run stored one
+  (Ψ0 itself builds it from the hub's Qwen3-VL-2B-Instruct, so usually it does not), else ``config.json``
+  beside it, or the ``vlm_config`` argument (a preset name, a dict, or a config.json / model directory).
 
-Ψ0's exact run_config field names were not available to this port, so the stats and config are found
-by their content, not by a field name; ``export_psi0`` writes ``{"norm_stats": …, "vlm_config": …,
-"recap_jax": {"policy_config": …}}``, which ``load_psi0`` reads back.
+``export_psi0`` writes Ψ0's ``data.transform.field`` block (bounds, states normalised) plus
+``{"vlm_config": …, "recap_jax": {"policy_config": …}}``, which ``load_psi0`` reads back.
 
 The VLM config must match one of ``vlm_encoder.VLM_PRESETS`` (``qwen3vl-2b``, ``qwen3vl-tiny``): that
 preset becomes ``PolicyConfig.encoder``. Every problem (no checkpoint, no stats, a config that matches
@@ -101,17 +105,54 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def _bounds(path: Path, **arrays) -> P.NormStats:
+    """NormStats from min/max lists, each checked (present, 1-D of the expected width, finite, min ≤ max)."""
+    out = {}
+    for name, (value, width) in arrays.items():
+        if value is None:
+            raise ValueError(f"{path}: normalisation field {name} is missing")
+        a = np.asarray(value, np.float32)
+        if a.shape != (width,) or not np.isfinite(a).all():
+            raise ValueError(f"{path}: normalisation field {name} must be {width} finite numbers, got shape {a.shape}")
+        out[name] = a
+    for lo, hi in (("state_min", "state_max"), ("action_min", "action_max")):
+        if (out[lo] > out[hi]).any():
+            raise ValueError(f"{path}: {lo} > {hi} at dims {np.flatnonzero(out[lo] > out[hi]).tolist()}")
+    return P.NormStats(*(jnp.asarray(out[k]) for k in ("state_min", "state_max", "action_min", "action_max")))
+
+
 def run_norm_stats(run_dir: str | os.PathLike, run_config: dict | None = None) -> P.NormStats:
-    """The run's ``NormStats`` (Ψ0's ``stats_psi0.json`` content inside ``run_config.json``)."""
+    """The run's ``NormStats``: Ψ0's ``data.transform.field`` bounds, else a ``stats_psi0.json``-style
+    object inside ``run_config.json`` (see the module docstring)."""
     cfg = read_run_config(run_dir) if run_config is None else run_config
-    stats = _find(cfg, _is_stats)
     path = Path(run_dir) / RUN_CONFIG
+    field = ((cfg.get("data") or {}).get("transform") or {}).get("field")
+    if isinstance(field, dict) and "action_min" in field:
+        if not field.get("normalize_state", False):
+            raise ValueError(
+                f"{path}: data.transform.field.normalize_state is false (a run that feeds raw states); "
+                "recap_jax policies always normalise states, so this run cannot be reproduced"
+            )
+        return _bounds(
+            path,
+            state_min=(field.get("state_min"), 32),
+            state_max=(field.get("state_max"), 32),
+            action_min=(field.get("action_min"), 36),
+            action_max=(field.get("action_max"), 36),
+        )
+    stats = _find(cfg, _is_stats)
     if stats is None:
-        raise ValueError(f"{path}: no normalisation stats (an object with 'action' and 'states' min/max)")
-    try:
-        return P.NormStats.from_psi0(stats, state_dim=32, action_dim=36)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(
+            f"{path}: no normalisation stats (Ψ0's data.transform.field action_min/action_max/state_min/"
+            "state_max, or an object with 'action' and 'states' min/max)"
+        )
+    return _bounds(
+        path,
+        state_min=(stats["states"]["min"], 32),
+        state_max=(stats["states"]["max"], 32),
+        action_min=(stats["action"]["min"], 36),
+        action_max=(stats["action"]["max"], 36),
+    )
 
 
 def _load_vlm_config(run_dir: Path, run_config: dict, vlm_config) -> tuple[dict, str]:
@@ -256,13 +297,19 @@ def export_psi0(params: P.PolicyParams, run_dir: str | os.PathLike, step: int) -
     save_file(out, str(tmp))
     os.replace(tmp, path)
     n = params.norm
-    stats = {
-        "action": {"min": np.asarray(n.action_min).tolist(), "max": np.asarray(n.action_max).tolist()},
-        "states": {"min": np.asarray(n.state_min).tolist(), "max": np.asarray(n.state_max).tolist()},
+    field = {  # Ψ0's ActionStateTransform fields ("bounds": min/max; SIMPLE fine-tuning normalises states)
+        "action_norm_type": "bounds",
+        "normalize_state": True,
+        "stat_action_key": "action",
+        "stat_state_key": "states",
+        "action_min": np.asarray(n.action_min).tolist(),
+        "action_max": np.asarray(n.action_max).tolist(),
+        "state_min": np.asarray(n.state_min).tolist(),
+        "state_max": np.asarray(n.state_max).tolist(),
     }
     policy_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
     run_cfg = {
-        "norm_stats": stats,
+        "data": {"transform": {"field": field}},
         "vlm_config": vlm.vlm_config(cfg.encoder),
         "recap_jax": {"policy_config": policy_cfg},
     }

@@ -183,10 +183,33 @@ def test_run_dir_round_trip_and_named_errors(params, frames, tmp_path):
     with pytest.raises(ValueError, match="num_hidden_layers: 4"):
         psi0.load_psi0(run, 10, action_expert="tiny")
     rc.pop("vlm_config")
-    rc["norm_stats"].pop("states")
+    # Ψ0's own run_config layout: the bounds in data.transform.field (ActionStateTransform).
+    field = rc["data"]["transform"]["field"]
+    assert set(field) >= {"action_min", "action_max", "state_min", "state_max", "normalize_state"}
+    field["normalize_state"] = False
+    (run / "run_config.json").write_text(json.dumps(rc))
+    with pytest.raises(ValueError, match="normalize_state is false"):
+        psi0.load_psi0(run, 10, action_expert="tiny", vlm_config="qwen3vl-tiny")
+    field["normalize_state"] = True
+    field["action_max"] = field["action_max"][:35]
+    (run / "run_config.json").write_text(json.dumps(rc))
+    with pytest.raises(ValueError, match="action_max must be 36"):
+        psi0.load_psi0(run, 10, action_expert="tiny", vlm_config="qwen3vl-tiny")
+    # The stats_psi0.json layout anywhere in the file is the fallback.
+    norm = params.norm
+    rc["data"] = {
+        "stats": {
+            g: {"min": np.asarray(lo).tolist(), "max": np.asarray(hi).tolist()}
+            for g, lo, hi in (("action", norm.action_min, norm.action_max), ("states", norm.state_min, norm.state_max))
+        }
+    }
+    (run / "run_config.json").write_text(json.dumps(rc))
+    back = psi0.run_norm_stats(run)
+    np.testing.assert_array_equal(np.asarray(back.action_max), np.asarray(norm.action_max))
+    rc["data"]["stats"].pop("states")
     (run / "run_config.json").write_text(json.dumps(rc))
     with pytest.raises(ValueError, match="no normalisation stats"):
-        psi0.load_psi0(run, 10, action_expert="tiny")
+        psi0.load_psi0(run, 10, action_expert="tiny", vlm_config="qwen3vl-tiny")
 
 
 def test_feature_cache_store_loader_and_train_step(params, frames, tmp_path):
