@@ -282,7 +282,15 @@ def test_psi0_study_preset():
     a = P.abstract_policy(pcfg)
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(a.model)) == 2_127_532_032 + 490_039_128
     assert "Qwen3-VL preset qwen3vl-2b" in glue.system2_description(cfg)
-    tiny = override(cfg, policy=(("encoder", "qwen3vl-tiny"), ("action_expert", "tiny"), ("prompt_max_len", 160)))
+    tiny = override(
+        cfg,
+        policy=(
+            ("encoder", "qwen3vl-tiny"),
+            ("action_expert", "tiny"),
+            ("prompt_max_len", 160),
+            ("loss_reduction", "psi0"),
+        ),
+    )
     assert glue.policy_config(tiny).tokenizer().encode(INSTR)[0].shape == (1, 160)
     assert "ViT" in glue.system2_description(get_preset("smoke"))
 
