@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from recap_jax.models import qwen3vl
+from recap_jax.models.qwen3vl.image import resample_matrix
 
 QWEN3VL_TINY = {
     "image_token_id": 900,
@@ -193,32 +194,6 @@ def image_plan(height: int, width: int) -> ImagePlan:
     pil = qwen3vl.smart_resize(h, w, 32, qwen3vl.QVU_MIN_PIXELS, qwen3vl.QVU_MAX_PIXELS)
     proc = qwen3vl.smart_resize(*pil, qwen3vl.PATCH * qwen3vl.MERGE, qwen3vl.MIN_PIXELS, qwen3vl.MAX_PIXELS)
     return ImagePlan((height, width), near, pil, proc)
-
-
-@functools.cache
-def resample_matrix(in_size: int, out_size: int, bits: int | None = None) -> tuple[np.ndarray, int]:
-    """Bicubic (a = −0.5, antialiased when downscaling) resampling weights as integer fixed point.
-
-    Returns (int32 [out, in] weights w·2^bits rounded half away from zero, bits). ``bits=None``: torch's
-    uint8 rule (the most bits, up to 22, that keep the largest weight below 2^15); PIL uses 22.
-    """
-    scale = in_size / out_size
-    widen = max(scale, 1.0)
-    support = 2.0 * widen
-    w = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        centre = (i + 0.5) * scale
-        lo = max(int(centre - support + 0.5), 0)
-        hi = min(int(centre + support + 0.5), in_size)
-        x = np.abs((np.arange(lo, hi) - centre + 0.5) / widen)
-        taps = np.where(x < 1, (1.5 * x - 2.5) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * -0.5, 0.0))
-        w[i, lo:hi] = taps / taps.sum()
-    if bits is None:
-        bits = 0
-        while bits < 22 and int(0.5 + w.max() * (1 << (bits + 1))) < (1 << 15):
-            bits += 1
-    q = np.trunc(w * (1 << bits) + np.where(w >= 0, 0.5, -0.5)).astype(np.int32)
-    return q, bits
 
 
 def _pass(x: jax.Array, in_size: int, out_size: int, axis: int, bits: int | None) -> jax.Array:

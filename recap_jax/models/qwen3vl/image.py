@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -57,8 +58,14 @@ def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     return np.where(x < 1, near, np.where(x < 2, far, 0.0))
 
 
-def _aa_weights(in_size: int, out_size: int) -> np.ndarray:
-    """float64 [out, in]: antialiased bicubic weights quantised to int16 fixed point as torch does."""
+@functools.cache
+def resample_matrix(in_size: int, out_size: int, bits: int | None = None) -> tuple[np.ndarray, int]:
+    """Bicubic (a = −0.5, antialiased when downscaling) resampling weights as integer fixed point.
+
+    Returns (int32 [out, in] weights w·2^bits rounded half away from zero, bits). ``bits=None``: torch's
+    uint8 rule (the most bits, up to 22, that keep the largest weight below 2^15); PIL uses 22. The host
+    path here and the on-device path (``vlm_encoder``) both use these weights.
+    """
     scale = in_size / out_size
     widen = max(scale, 1.0)
     support = 2.0 * widen
@@ -69,11 +76,18 @@ def _aa_weights(in_size: int, out_size: int) -> np.ndarray:
         hi = min(int(centre + support + 0.5), in_size)
         taps = _cubic((np.arange(lo, hi) - centre + 0.5) / widen)
         w[i, lo:hi] = taps / taps.sum()
-    w_max = w.max()
-    bits = 0
-    while bits < 22 and int(0.5 + w_max * (1 << (bits + 1))) < (1 << 15):
-        bits += 1
-    return np.trunc(w * (1 << bits) + np.where(w >= 0, 0.5, -0.5)) / (1 << bits)
+    if bits is None:
+        bits = 0
+        while bits < 22 and int(0.5 + w.max() * (1 << (bits + 1))) < (1 << 15):
+            bits += 1
+    q = np.trunc(w * (1 << bits) + np.where(w >= 0, 0.5, -0.5)).astype(np.int32)
+    return q, bits
+
+
+def _aa_weights(in_size: int, out_size: int) -> np.ndarray:
+    """float64 [out, in]: antialiased bicubic weights quantised to int16 fixed point as torch does."""
+    q, bits = resample_matrix(in_size, out_size)
+    return q / (1 << bits)
 
 
 def _torch_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
