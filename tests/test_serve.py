@@ -10,11 +10,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _serve_helpers import running_server
 
 from recap_jax import policy
 from recap_jax.serve import codec
 from recap_jax.serve.client import build_request, post
-from recap_jax.serve.server import SimpleServer, build_app, parse_request
+from recap_jax.serve.server import SimpleServer, parse_request
 
 DATA = Path(__file__).parent / "data" / "simple_wire"
 
@@ -26,22 +27,9 @@ def _tiny_params():
 
 @pytest.fixture(scope="module")
 def url():
-    import uvicorn
-
     server = SimpleServer(_tiny_params(), advantage="high", max_batch=2, max_wait_ms=2.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(build_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=uv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 30
-    while not uv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", server
-    uv.should_exit = True
-    th.join(10)
+    with running_server(server) as base:
+        yield base, server
 
 
 def _body(name):

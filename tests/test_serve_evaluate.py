@@ -8,20 +8,17 @@ the two evaluations must give the same per-episode outcomes, not only success ra
 intervals.
 """
 
-import socket
-import threading
-import time
-
 import jax
 import numpy as np
 import pytest
+from _serve_helpers import running_server
 
 from experiments import evaluate, glue
 from experiments.presets import get_preset
 from experiments.report import Outcomes
 from recap_jax import policy, rollout, stats
 from recap_jax.serve.client import FRAME_SIZE, evaluate_remote
-from recap_jax.serve.server import SimpleServer, build_app, noise_key, sample_row
+from recap_jax.serve.server import SimpleServer, noise_key, sample_row
 
 SEED = 7  # the server's noise seed
 N = 4  # episodes (one wave)
@@ -37,25 +34,11 @@ def _params(cfg):
 
 @pytest.fixture(scope="module")
 def served():
-    import uvicorn
-
     cfg = _cfg()
     params = _params(cfg)
     server = SimpleServer(params, advantage=None, rtc=False, max_batch=N, max_wait_ms=500.0, seed=SEED)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(build_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=uv.run, daemon=True)
-    th.start()
-    deadline = time.time() + 60
-    while not uv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield cfg, params, f"http://127.0.0.1:{port}", server
-    uv.should_exit = True
-    th.join(30)
-    assert not th.is_alive(), "server did not stop"
+    with running_server(server, start_timeout=60, stop_timeout=30) as base:
+        yield cfg, params, base, server
 
 
 def _in_process(cfg, params):
