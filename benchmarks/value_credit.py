@@ -106,8 +106,8 @@ def main() -> None:
         elif name == "cnn":
             sources[name] = f"SmallCNN{tuple(base_cfg.cnn_channels)} trained end to end"
         elif name == "state_only":
-            vcfg = dataclasses.replace(base_cfg, backbone="features")
-            d = data.with_inputs(np.zeros((len(data), 1), np.float32))
+            vcfg = dataclasses.replace(base_cfg, backbone="state")
+            d = data.with_inputs(vt.state_only_features(data.inputs))
             sources[name] = "a constant image feature: the 32-d state (and the clock) only"
         else:
             if sft_run is None:

@@ -327,7 +327,7 @@ class StageArgs:
 
     Attributes:
       out: the run directory (created; its config.json pins the preset for every later stage).
-      preset: smoke | demo | cpu | cpu_long | gpu | paper (default: the run directory's, else smoke).
+      preset: a preset name, e.g. smoke | demo | cpu | cpu_power | gpu (default: the run directory's, else smoke).
       seed: the study seed (default: the preset's).
     """
 

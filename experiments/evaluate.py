@@ -56,14 +56,18 @@ def condition_spec(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
     }
 
 
-def evaluate_checkpoint(cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: float, label, beta: float, keep=()):
+def evaluate_checkpoint(
+    cfg: StudyConfig, ckpt_dir: Path, *, step, dropout: float, label, beta: float, keep=(), num_episodes=None
+):
+    """Closed-loop evaluation of one checkpoint on the held-out keys (``num_episodes``, default
+    ``evaluate.episodes``)."""
     env = glue.make_env(cfg)
     params = glue.load_policy(ckpt_dir, glue.policy_config(cfg, dropout), step)
     seed, namespace = glue.key_space(cfg, "eval")
     return glue.evaluate_policy(
         env,
         params,
-        num_episodes=cfg.evaluate.episodes,
+        num_episodes=cfg.evaluate.episodes if num_episodes is None else num_episodes,
         num_envs=cfg.evaluate.num_envs,
         seed=seed,
         namespace=namespace,
@@ -133,6 +137,7 @@ def evaluate_condition(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> d
         label=spec["label"],
         beta=spec["beta"],
         keep=keep,
+        num_episodes=cfg.evaluate.condition_episodes(cond),
     )
     outcomes = save_outcomes(res, Path(out) / f"{stage_name(it, cond)}.npz")
     cause = np.asarray(res["cause"], np.int8)

@@ -6,7 +6,9 @@ Both start from the SFT collection checkpoint (no pretrained Ψ0 base exists her
 "scratch"`` starts both from a fresh initialisation instead), with the same steps, optimiser, batch
 size, seed (so the same window order) and data; they differ only in the prompt: RECAP trains on
 ``"advantage: high|low. <instruction>"`` from the ``label`` annotation (dropped to the bare instruction
-with probability ``finetune.indicator_dropout``), BC-all on the bare instruction.
+with probability ``finetune.indicator_dropout``), BC-all on the bare instruction. With
+``finetune.holdout_fraction > 0`` the same outcome-stratified share of the rollouts (``holdout_ids``) is
+left out of both, and the label-swap diagnostic reads RECAP's token on those held-out episodes.
 Writes ``DIR/finetune/recap/`` and ``DIR/finetune/bc_all/`` (orbax checkpoints, logs).
 """
 
@@ -40,20 +42,46 @@ def init_params(cfg: StudyConfig, out: Path, which: str):
     return policy.replace_config(sft, indicator_dropout=dropout) if dropout else sft
 
 
-SWAP_WINDOWS = 128  # labelled decision points the label-swap diagnostic reads
+SWAP_WINDOWS = 256  # labelled decision points the label-swap diagnostic reads (at most)
 
 
-def label_swap_loss(params, store_root, *, windows: int = SWAP_WINDOWS, batch_size: int = 16, seed: int = 0) -> dict:
+def holdout_ids(cfg: StudyConfig, out: Path) -> tuple[int, ...]:
+    """Rollout episode ids held out of RECAP's and BC-all's training (``finetune.holdout_fraction`` of each
+    outcome, ``value_training.stratified_split`` with the study seed); () when the fraction is 0."""
+    if cfg.finetune.holdout_fraction <= 0:
+        return ()
+    from recap_jax.data import EpisodeStore
+    from recap_jax.value_training import stratified_split
+
+    eps = [e for e in EpisodeStore(Path(out) / "rollouts").iter_episodes() if e.tags.get("kind") == "rollout"]
+    ids = np.asarray([e.episode_id for e in eps], np.int64)
+    success = np.asarray([e.success for e in eps], bool)
+    _, held = stratified_split(ids, success, cfg.finetune.holdout_fraction, seed=cfg.seed)
+    return tuple(int(i) for i in held)
+
+
+def label_swap_loss(
+    params,
+    store_root,
+    *,
+    episode_ids=None,
+    windows: int = SWAP_WINDOWS,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict:
     """Whether a RECAP policy reads its advantage token: its flow-matching loss on labelled rollout windows with
     the true label in the prompt vs the swapped one (high ↔ low), the same σ and noise for both (issue 22).
 
-    ``windows`` decision points with a label in {0, 1} are drawn from the store's rollouts (``seed``); each is a
-    training window (image, state, clock, the chunk from its control step), as ``WindowLoader`` builds them. The
-    study trains RECAP on every labelled rollout, so these windows are in its training set (there is no held-out
-    labelled data in one study); a policy that ignores the token scores the same loss for both prompts.
+    Up to ``windows`` decision points with a label in {0, 1} are drawn from the store's rollouts (``seed``),
+    restricted to ``episode_ids`` when given (the held-out split, ``holdout_ids``: episodes the policy never
+    trained on); each is a training window (image, state, clock, the chunk from its control step), as
+    ``WindowLoader`` builds them. A policy that ignores the token scores the same loss for both prompts; one that
+    reads it scores lower with the true label (``swapped_minus_true`` > 0). Without ``episode_ids`` the windows
+    come from every rollout, i.e. from RECAP's training set (``held_out`` False).
 
-    Returns: {"true", "swapped", "swapped_minus_true", "windows", "held_out": False}; None values when the store has
-      no labelled windows.
+    Returns: {"true", "swapped", "swapped_minus_true", "swapped_minus_true_se", "windows", "held_out"}; None values
+      when there are no labelled windows. ``swapped_minus_true_se``: the standard error of the mean per-window
+      difference (the two losses share σ and noise per window, so the difference is paired).
     """
     import jax
 
@@ -64,20 +92,32 @@ def label_swap_loss(params, store_root, *, windows: int = SWAP_WINDOWS, batch_si
     store = EpisodeStore(store_root)
     labels = store.read_annotation("label")
     eps = {e.episode_id: e for e in store.iter_episodes() if e.tags.get("kind") == "rollout"}
+    held_out = episode_ids is not None
+    if held_out:
+        keep = {int(i) for i in episode_ids}
+        eps = {k: e for k, e in eps.items() if k in keep}
     rows = [(eid, q) for eid, lab in labels.items() if eid in eps for q in range(len(lab)) if lab[q] in (0, 1)]
-    out = {"true": None, "swapped": None, "swapped_minus_true": None, "windows": 0, "held_out": False}
+    out = {
+        "true": None,
+        "swapped": None,
+        "swapped_minus_true": None,
+        "swapped_minus_true_se": None,
+        "windows": 0,
+        "held_out": held_out,
+    }
     if not rows:
         return out
     rng = np.random.default_rng(seed)
-    pick = [rows[i] for i in rng.permutation(len(rows))[: max(batch_size, windows - windows % batch_size)]]
-    pick = pick[: len(pick) - len(pick) % batch_size] or (pick * batch_size)[:batch_size]
+    pick = [rows[i] for i in rng.permutation(len(rows))[:windows]]
+    pad = -len(pick) % batch_size  # the last batch is filled with repeats, which are not counted
+    pick_padded = pick + (pick * batch_size)[:pad]
     pcfg = params.config
     params = policy.replace_config(params, indicator_dropout=0.0) if pcfg.indicator_dropout else params
     tok = pcfg.tokenizer()
-    loss = jax.jit(lambda p, b, k: policy.policy_loss(p, b, k)[0])
-    sums = {"true": 0.0, "swapped": 0.0}
-    for start in range(0, len(pick), batch_size):
-        chunk = pick[start : start + batch_size]
+    loss = jax.jit(lambda p, b, k: policy.policy_loss(p, b, k, per_example=True)[0])
+    per = {"true": [], "swapped": []}
+    for start in range(0, len(pick_padded), batch_size):
+        chunk = pick_padded[start : start + batch_size]
         batch = {"image": [], "state": [], "t": [], "actions": [], "action_mask": []}
         lab, prompts = [], []
         for eid, q in chunk:
@@ -92,10 +132,13 @@ def label_swap_loss(params, store_root, *, windows: int = SWAP_WINDOWS, batch_si
         key = jax.random.fold_in(jax.random.key(seed), start)
         for name, labs in (("true", lab), ("swapped", [1 - x for x in lab])):
             ids, mask = tok.encode(advantage.format_prompts(prompts, labs))
-            sums[name] += float(loss(params, batch | {"prompt_ids": ids, "prompt_mask": mask}, key)) * len(chunk)
+            per[name].append(np.asarray(loss(params, batch | {"prompt_ids": ids, "prompt_mask": mask}, key)))
     n = len(pick)
-    out.update(true=sums["true"] / n, swapped=sums["swapped"] / n, windows=n)
-    out["swapped_minus_true"] = out["swapped"] - out["true"]
+    true, swapped = (np.concatenate(per[k])[:n].astype(np.float64) for k in ("true", "swapped"))
+    diff = swapped - true
+    out.update(true=float(true.mean()), swapped=float(swapped.mean()), windows=n)
+    out["swapped_minus_true"] = float(diff.mean())
+    out["swapped_minus_true_se"] = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None
     return out
 
 
@@ -103,6 +146,7 @@ def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
     from recap_jax import train
 
     params0 = init_params(cfg, out, which)
+    held = holdout_ids(cfg, out)
     d = Path(out) / run_dir(it, which)
     final, history = glue.train_policy(
         params0=params0,
@@ -114,6 +158,7 @@ def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
         save_every=cfg.finetune.steps,
         out_dir=d,
         seed=cfg.seed,
+        exclude_episodes=held,
         assets=train.make_assets(
             params0.norm, config=params0.config, preset=cfg.name, seed=cfg.seed, stage=f"finetune/{which}", iteration=it
         ),
@@ -125,8 +170,13 @@ def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
         "steps": cfg.finetune.steps,
         "indicator_dropout": params0.config.indicator_dropout,
         "final_loss": history[-1]["loss"] if history else None,
+        "held_out_episodes": list(held),
         "label_swap_loss": label_swap_loss(
-            final, Path(out) / "rollouts", batch_size=cfg.finetune.batch_size, seed=cfg.seed
+            final,
+            Path(out) / "rollouts",
+            episode_ids=held or None,
+            batch_size=cfg.finetune.batch_size,
+            seed=cfg.seed,
         )
         if which == "recap"
         else None,

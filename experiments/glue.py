@@ -188,8 +188,10 @@ def train_policy(
     seed: int,
     assets: Mapping[str, Any],
     progress: bool = True,
+    exclude_episodes: tuple[int, ...] = (),
 ) -> tuple[Any, list[dict]]:
-    """Flow-matching training of ``params0`` on the store's windows with the library's loop.
+    """Flow-matching training of ``params0`` on the store's windows (less ``exclude_episodes``) with the
+    library's loop.
 
     Resumes from ``out_dir``'s latest checkpoint when there is one. Saves every ``save_every`` steps
     (all kept) and at the end; returns (final inference params, logged history).
@@ -226,6 +228,7 @@ def train_policy(
         emit_uncond=pcfg.indicator_dropout > 0,
         kinds=kinds,
         feature_annotation=feature_annotation,
+        exclude_episodes=tuple(int(i) for i in exclude_episodes),
     )
     keep = max(1, math.ceil(num_steps / save_every)) + 1
     ckpt = T.Checkpointer(out_dir, max_to_keep=keep)

@@ -1,6 +1,6 @@
 """Named, frozen configurations of the RECAP-Ψ BendPick study.
 
-Six presets, one per scale:
+The presets, one per scale:
 
 * ``smoke`` — every stage for real on a 2-core CPU in at most ~10 minutes (tiny models, a few
   batched episodes, a short episode limit), with no headroom (its policy never succeeds). Default of
@@ -11,9 +11,12 @@ Six presets, one per scale:
   screened for the 25-60% band) on a 2-core CPU in about 20 minutes.
 * ``cpu_long`` — the ``cpu`` preset with 128 rollouts and 192 paired evaluation episodes per
   condition, so that a ~10-point difference is resolvable on a 2-core CPU (about an hour).
-* ``gpu``   — the ``cpu`` recipe with 512 rollouts and 512 paired evaluation episodes per condition,
-  the whole study in one ~8-minute device call on one H100/H200 (large enough for the conditions to
-  separate; sized for the 15 device-minutes a session gets).
+* ``cpu_power`` — the ``cpu`` recipe with the power to answer the question on a 2-core CPU: 384
+  rollouts, a state-and-clock value function, 512 paired evaluation episodes for each compared condition,
+  in at most ~100 minutes per seed (run two seeds with ``experiments.seeds``).
+* ``gpu``   — the ``cpu_power`` recipe with 512 rollouts and 1024 paired evaluation episodes per compared
+  condition, the whole study in one ~9-minute device call on one H100/H200 (sized for the 15
+  device-minutes a session gets).
 * ``paper`` — the paper's settings (RECAP-Ψ, Sec. 3-4 and App. B): 100 demos, SFT 20k/40k steps,
   500 rollouts from SFT@20k (T = 600), value function 50 epochs, RECAP and BC-all 40k steps at
   batch 128, 500 evaluation episodes per condition.
@@ -148,6 +151,10 @@ class FinetuneSettings:
     indicator_dropout: float = 0.0  # π*0.6 drops the token 30% of the time; needed for CFG
     init: str = "sft_init"  # "sft_init" (the paper's base stand-in) or "scratch"
     log_every: int = 100
+    # > 0: this fraction of the rollouts (episode level, stratified by outcome) is held out of both RECAP's and
+    # BC-all's training, so the label-swap diagnostic reads the token on episodes the policy never saw
+    # (finetune.label_swap_loss, issue 22). 0: the paper's recipe (every rollout trains; in-sample diagnostic).
+    holdout_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,10 +162,17 @@ class EvalSettings:
     """Closed-loop evaluation on held-out reset keys (the same keys for every condition)."""
 
     episodes: int = 500
+    # Episodes of the two SFT conditions (sft_init, sft_final); 0: ``episodes``. They enter no comparison
+    # (report.COMPARISONS pairs RECAP-high with RECAP-low and BC-all), so a power study may give them fewer.
+    sft_episodes: int = 0
     num_envs: int = 100
     key_seed: int = 10_000  # evaluation keys use key_seed + seed (glue.key_space): held out, per seed
     cfg_beta: float | None = None  # classifier-free guidance at evaluation (needs indicator dropout)
     gif_episodes: int = 2  # high and low episodes each in the GIF
+
+    def condition_episodes(self, condition: str) -> int:
+        """Evaluation episodes of ``condition`` (the SFT conditions may have fewer: ``sft_episodes``)."""
+        return self.sft_episodes if (condition.startswith("sft_") and self.sft_episodes) else self.episodes
 
 
 @dataclass(frozen=True)
@@ -189,6 +203,8 @@ class StudyConfig:
             raise ValueError(f"sft.init_step={self.sft.init_step} must be in (0, sft.steps={self.sft.steps}]")
         if self.evaluate.cfg_beta is not None and self.finetune.indicator_dropout <= 0.0:
             raise ValueError("evaluate.cfg_beta needs finetune.indicator_dropout > 0 (an unconditional policy)")
+        if not 0.0 <= self.finetune.holdout_fraction < 0.5:
+            raise ValueError(f"finetune.holdout_fraction must be in [0, 0.5), got {self.finetune.holdout_fraction}")
         if self.finetune.init not in ("sft_init", "scratch"):
             raise ValueError(f"finetune.init must be 'sft_init' or 'scratch', got {self.finetune.init!r}")
         if not 0.0 < self.labels.positive_fraction < 1.0:
@@ -214,7 +230,10 @@ class StudyConfig:
         return {
             "demos": self.demos.num_demos * t,
             "collect": self.iterations * (self.collect.episodes + screens) * t,
-            "evaluate": self.iterations * 5 * self.evaluate.episodes * t,
+            "evaluate": (
+                self.iterations * 3 * self.evaluate.episodes + 2 * self.evaluate.condition_episodes("sft_init")
+            )
+            * t,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -393,38 +412,74 @@ CPU_LONG = StudyConfig(
     ),
 )
 
-# ---- gpu: the cpu recipe at 512 episodes per condition, the whole study in one ~8-minute device call -------
-# Design. The first H100 run (results/gpu, preset at commit 0305770: small 43 M policy, clean demos, 96x160
-# camera, level-1 randomisation, 400-step episodes) had no headroom (SFT 1.6-3.1%). The recipe that has
-# headroom is the `cpu` one (DART demos, the episode clock, the tiny policy at lr 2e-3, SFT screened at
-# 1k-3k: 37.5-53% on CPU). This preset runs exactly that recipe (env, policy, value net, demos, SFT) and
-# scales what decides the comparison: 512 rollouts and 512 paired evaluation episodes per condition (a
-# difference's 95% CI about +-6 points at p ~ 0.35, inside the paper's +9.3 and +12.6).
-# Budget (one H100/H200; device sessions now get 15 device-minutes in all, so the study must fit one
-# 10-minute call with room to resume): every wave has 512 envs, so the env reset, the expert wave and
-# the policy wave compile once each (~1-2 min each cold on the H100; the device starts with an empty
-# cache). 512-env x 216-step waves: demos 1, screening 5, collection 1, evaluation 5 = 12 waves of
-# 1.1 M physics steps (~10 s each at the ~108K physics steps/s measured with policy and camera);
-# SFT 3000 + RECAP 4000 + BC-all 4000 steps of the tiny policy at batch 16 (a few ms each); value 20
-# epochs over ~4.6K decision points. About 4 min of compilation + 3 min of work: ~7-8 min.
-GPU = StudyConfig(
-    name="gpu",
-    description="one H100/H200, ~8 min in one device call: the cpu recipe, 512 rollouts and 512 paired eval episodes",
+# ---- cpu_power: the cpu recipe with the power to answer whether the token helps (issue 23) -----------------
+# The paper's effect (30.8% vs 21.5%) needs ~170-270 paired episodes per condition for 80% power; cpu_long had
+# 192 (55%), cpu 32 (13%). This preset keeps cpu's env, policy, demos and SFT screen and grows the rest:
+# 384 rollouts from the screened collection checkpoint; a state-and-clock value function (benchmarks RESULTS
+# value_credit: on 192 noised-expert episodes it beat the clock-only baseline, MSE 0.77x, within-bin AUC 0.73,
+# in 7 s, where the end-to-end CNN overfit the 48x80 images in 431 s and did not); RECAP and BC-all 3000 steps
+# (~14 epochs of the ~3.1k training windows) with 10% of the rollouts held out of both, so the label-swap
+# diagnostic reads the token on unseen episodes; 512 paired evaluation episodes for RECAP-high, RECAP-low and
+# BC-all, 128 for the two SFT conditions (context only). Waves of 32 envs (benchmarks RESULTS eval_waves).
+# Budget (2 idle cores): see `budget`; two seeds: `python -m experiments.seeds --preset cpu_power --seeds 0 1`.
+CPU_POWER = StudyConfig(
+    name="cpu_power",
+    description="2-core CPU, <= 100 min per seed: cpu's recipe, 384 rollouts, 512 paired eval episodes per condition",
     seed=0,
     env=CPU.env,
     policy=CPU.policy,
-    value=CPU.value,
-    demos=DemoSettings(num_demos=32, num_envs=512, expert_noise=0.3, dart=True),
+    value=(("backbone", "state"),),
+    demos=CPU.demos,
     sft=CPU.sft,
+    collect=CollectSettings(episodes=384, num_envs=32, screen_episodes=32),
+    value_training=ValueSettings(epochs=40, batch_size=64, clock=True, folds=4, min_steps=1_000),
+    labels=LabelSettings(positive_fraction=0.3),
+    finetune=FinetuneSettings(
+        steps=3_000, batch_size=16, learning_rate=3e-4, warmup_steps=100, log_every=100, holdout_fraction=0.1
+    ),
+    evaluate=EvalSettings(episodes=512, sft_episodes=128, num_envs=32, gif_episodes=2),
+    budget=(
+        "32 envs x 216 control steps: demos ~5 waves of 8, screening 4 x 1, collection 12, evaluation 3 x 16 + "
+        "2 x 4 = ~76 waves of 32; SFT 3000 + RECAP 3000 + BC-all 3000 steps at batch 16; value: state-and-clock "
+        "net, 4 folds x >= 1000 steps"
+    ),
+)
+
+# ---- gpu: the cpu_power recipe at 1024 paired episodes per condition, in one ~9-minute device call ----------
+# Design. The first H100 run (results/gpu, preset at commit 0305770: small 43 M policy, clean demos, 96x160
+# camera, level-1 randomisation, 400-step episodes) had no headroom (SFT 1.6-3.1%). The recipe that has
+# headroom is the `cpu` one (DART demos, the episode clock, the tiny policy at lr 2e-3, SFT screened at
+# 1k-3k: 37.5-53% on CPU). This preset runs the `cpu_power` recipe (cpu's env, policy, demos and SFT; the
+# state-and-clock value function; 10% of the rollouts held out of fine-tuning for the label-swap diagnostic)
+# and scales what decides the comparison (issue 23): 512 rollouts and 1024 paired evaluation episodes for each
+# compared condition (a difference's 95% CI about +-4 points), 512 for the SFT conditions.
+# Budget (one H100/H200; device sessions get 15 device-minutes in all, so the study must fit one 10-minute
+# call with room to resume): every wave has 512 envs, so the env reset, the expert wave and the policy wave
+# compile once each (~1-2 min each cold on the H100; the device starts with an empty cache). 512-env x
+# 216-step waves: demos 1, screening 5, collection 1, evaluation 3 x 2 + 2 = 15 waves of 1.1 M physics steps
+# (~10 s each at the ~108K physics steps/s measured with policy and camera); SFT 3000 + RECAP 4000 + BC-all
+# 4000 steps of the tiny policy at batch 16 (a few ms each); value 4 folds x >= 2400 steps of the small
+# state net. About 4 min of compilation + 4 min of work: ~8-9 min.
+GPU = StudyConfig(
+    name="gpu",
+    description="one H100/H200, ~9 min in one device call: cpu_power's recipe, 512 rollouts, 1024 paired eval episodes",
+    seed=0,
+    env=CPU_POWER.env,
+    policy=CPU_POWER.policy,
+    value=CPU_POWER.value,
+    demos=DemoSettings(num_demos=32, num_envs=512, expert_noise=0.3, dart=True),
+    sft=CPU_POWER.sft,
     collect=CollectSettings(episodes=512, num_envs=512, screen_episodes=512),
     value_training=ValueSettings(epochs=30, batch_size=64, clock=True, folds=4, min_steps=2_400),
     labels=LabelSettings(positive_fraction=0.3),
-    finetune=FinetuneSettings(steps=4_000, batch_size=16, learning_rate=3e-4, warmup_steps=100, log_every=250),
-    evaluate=EvalSettings(episodes=512, num_envs=512, gif_episodes=2),
+    finetune=FinetuneSettings(
+        steps=4_000, batch_size=16, learning_rate=3e-4, warmup_steps=100, log_every=250, holdout_fraction=0.1
+    ),
+    evaluate=EvalSettings(episodes=1024, sft_episodes=512, num_envs=512, gif_episodes=2),
     budget=(
-        "512 envs x 216 control steps: 12 waves (demos 1, screening 5, collect 1, evaluate 5), one reset, one "
-        "expert-wave and one policy-wave program; SFT 3000 + RECAP 4000 + BC-all 4000 steps at batch 16 (tiny "
-        "policy); value 4 folds x >= 2400 steps; ~4 min compile + ~3 min work on one H100"
+        "512 envs x 216 control steps: 15 waves (demos 1, screening 5, collect 1, evaluate 3 x 2 + 2), one reset, "
+        "one expert-wave and one policy-wave program; SFT 3000 + RECAP 4000 + BC-all 4000 steps at batch 16 (tiny "
+        "policy); value 4 folds x >= 2400 steps; ~4 min compile + ~4 min work on one H100"
     ),
 )
 
@@ -474,7 +529,7 @@ PSI0 = dataclasses.replace(
     budget="paper scale with Ψ0's 2.6 B-parameter policy; one 80 GB GPU (benchmarks/RESULTS.md § psi0_memory)",
 )
 
-PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, DEMO, CPU, CPU_LONG, GPU, PAPER, PSI0)}
+PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, DEMO, CPU, CPU_LONG, CPU_POWER, GPU, PAPER, PSI0)}
 
 
 def get_preset(name: str) -> StudyConfig:

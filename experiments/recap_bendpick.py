@@ -63,6 +63,21 @@ def deviations(cfg: StudyConfig) -> list[str]:
             "paper's Eq. 1 normalises by 599."
         )
     overrides = dict(cfg.value)
+    if overrides.get("backbone") == "state":
+        out.append(
+            "The value function sees no image (value backbone 'state': the 32-d state and, with the clock, the "
+            "control step); the paper's reads the image through a frozen ResNet-50."
+        )
+    if cfg.finetune.holdout_fraction > 0:
+        out.append(
+            f"{cfg.finetune.holdout_fraction:.0%} of the rollouts (per outcome) are held out of RECAP's and BC-all's "
+            "training for the label-swap diagnostic; the paper fine-tunes on every rollout."
+        )
+    if cfg.evaluate.sft_episodes and cfg.evaluate.sft_episodes != cfg.evaluate.episodes:
+        out.append(
+            f"The SFT conditions are evaluated on {cfg.evaluate.sft_episodes} episodes, the compared conditions on "
+            f"{cfg.evaluate.episodes}; the paper evaluates every condition on 500."
+        )
     if overrides.get("target") == "two_hot":
         out.append("The value function is trained on two-hot targets; the paper's are one-hot on the nearest bin.")
     if cfg.demos.dart:
@@ -80,7 +95,7 @@ class Args:
 
     Attributes:
       out: run directory (a killed study resumes from it).
-      preset: smoke | demo | cpu | cpu_long | gpu | paper.
+      preset: smoke | demo | cpu | cpu_long | cpu_power | gpu | paper | psi0.
       seed: study seed (default: the preset's).
       iterations: K > 1 runs the π*0.6 loop (one results block per iteration).
       cfg_beta: classifier-free guidance β for recap_high at evaluation (needs --indicator-dropout > 0).
@@ -233,7 +248,8 @@ def results_block(cfg: StudyConfig, out: Path, it: int) -> dict:
             "labels": {k: lab.get(k) for k in ("thresholds", "positive_fraction", "num_decisions")},
             "value_function_details": vf,
             # Does the RECAP policy read its advantage token? Its flow-matching loss with the true vs the swapped
-            # label on labelled rollout windows (finetune.label_swap_loss; in its training set).
+            # label on labelled rollout windows (finetune.label_swap_loss): the held-out rollouts when
+            # finetune.holdout_fraction > 0, else RECAP's own training windows ("held_out": false).
             "label_swap_loss": common.read_json(out / finetune.run_dir(it, "recap") / common.MARKER)["outputs"].get(
                 "label_swap_loss"
             ),

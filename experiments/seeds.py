@@ -24,7 +24,7 @@ from recap_jax import stats
 class Args:
     """Attributes:
     out: parent directory (one run directory per seed below it).
-    preset: smoke | cpu | gpu | paper.
+    preset: a preset name (smoke | demo | cpu | cpu_long | cpu_power | gpu | paper | psi0).
     seeds: study seeds.
     """
 

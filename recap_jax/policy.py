@@ -682,7 +682,9 @@ BATCH_KEYS = ("image", "state", "prompt_ids", "prompt_mask", "actions", "action_
 FEATURE_KEYS = ("context", "context_mask", "state", "actions", "action_mask")
 
 
-def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+def policy_loss(
+    params: PolicyParams, batch: dict, key: jax.Array, *, per_example: bool = False
+) -> tuple[jax.Array, dict]:
     """Flow-matching loss of one batch (masked MSE of the predicted velocity, normalised units).
 
     Args:
@@ -697,8 +699,9 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
         prompt), and with ``indicator_dropout > 0`` "uncond_context" / "uncond_context_mask" (on the
         bare prompt); the same key drops the same rows as on the fly, so the loss is the same.
       key: PRNG key (σ, noise, indicator dropout, input dropouts).
+      per_example: return each example's loss (``loss_reduction``'s per-example form) instead of the batch's.
 
-    Returns: (loss float32 [], metrics {"loss", "sigma_mean", "indicator_dropped"} float32 []).
+    Returns: (loss float32 [] (or [B] with ``per_example``), metrics {"loss", "sigma_mean", "indicator_dropped"}).
     """
     cfg = params.config
     cached = "context" in batch
@@ -772,7 +775,10 @@ def policy_loss(params: PolicyParams, batch: dict, key: jax.Array) -> tuple[jax.
         action_mask=valid if cfg.mask_padded_keys else None,
         dropout_key=k_drop,
     )
-    loss = flow.flow_matching_loss(pred, x, noise, loss_mask, dim_mask=dim_mask, reduction=cfg.loss_reduction)
+    reduction = cfg.loss_reduction
+    if per_example:
+        reduction = {"mean": "per_example", "psi0": "psi0_per_example"}[reduction]
+    loss = flow.flow_matching_loss(pred, x, noise, loss_mask, dim_mask=dim_mask, reduction=reduction)
     metrics = {
         "loss": loss,
         "sigma_mean": jnp.mean(sigma),

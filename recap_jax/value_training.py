@@ -12,7 +12,9 @@ parameters of the epoch with the best validation cross-entropy are kept. One epo
 Backbones (``ValueTrainConfig.backbone``): ``"cnn"`` trains ``models.value_net.SmallCNN`` end to end on
 the uint8 images; ``"system2"`` uses the SFT policy's frozen System-2 encoder (``system2_features``,
 masked-mean-pooled tokens); ``"resnet50"`` a frozen ImageNet ResNet-50 (``resnet_features``);
-``"features"`` any other precomputed features. Frozen features are computed once, before training.
+``"features"`` any other precomputed features; ``"state"`` no image at all (a constant 1-d feature: the
+network reads the 32-d state, and the clock when ``clock_steps`` > 0). Frozen features are computed once,
+before training.
 
 Metrics (``value_metrics``) on the held-out split: step MSE against the naive mean-return baseline,
 episode AUC from V̂(o_0), step AUC, Kendall τ-b (with p) between V̂(o_0) and the return at o_0, all with
@@ -38,7 +40,7 @@ from recap_jax import train as T
 from recap_jax import value as value_math
 from recap_jax.models import value_net
 
-BACKBONES = ("cnn", "system2", "resnet50", "features")
+BACKBONES = ("cnn", "system2", "resnet50", "features", "state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,8 @@ class ValueTrainConfig:
     """Value-function training settings (defaults: the paper's Appendix B).
 
     Attributes:
-      backbone: "cnn" (end to end), "system2" / "resnet50" / "features" (frozen, precomputed).
+      backbone: "cnn" (end to end), "system2" / "resnet50" / "features" (frozen, precomputed), "state" (no
+        image: state and clock only).
       epochs, batch_size, learning_rate: Adam with a constant rate (no warm-up, no clipping).
       val_fraction, split_seed: the episode-level split, stratified by success.
       returns, c_fail, max_steps: the return definition (``labeling.batch_returns``; ``max_steps`` is the T
@@ -907,6 +910,11 @@ def stage_data(
     return data
 
 
+def state_only_features(images: np.ndarray) -> np.ndarray:
+    """The "state" backbone's input: a constant 0 per decision point, float32 [N, 1] (images unused)."""
+    return np.zeros((np.shape(images)[0], 1), np.float32)
+
+
 def features_for(cfg: ValueTrainConfig, **models: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """The frozen-feature function of a backbone: ``policy_params=`` and ``prompt=`` for "system2",
     ``resnet=`` (a ``models.resnet.ResNet``) for "resnet50"; None for "cnn"."""
@@ -916,6 +924,8 @@ def features_for(cfg: ValueTrainConfig, **models: Any) -> Callable[[np.ndarray],
         return lambda x: system2_features(models["policy_params"], x, models["prompt"])
     if cfg.backbone == "resnet50":
         return lambda x: resnet_features(models["resnet"], x)
+    if cfg.backbone == "state":
+        return state_only_features
     raise ValueError("backbone 'features' takes your own features function")
 
 
@@ -945,6 +955,7 @@ __all__ = [
     "predict_values",
     "resnet_features",
     "stage_data",
+    "state_only_features",
     "stratified_split",
     "system2_features",
     "train_value",

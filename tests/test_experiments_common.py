@@ -191,3 +191,31 @@ def test_stage_marker_records_compile_and_cpu_time(tmp_path, capsys):
     assert "programs compiled" in capsys.readouterr().out
     idle = common.run_stage(tmp_path, "b", {"k": 1}, lambda: {"n": sum(range(1000))})["timing"]
     assert idle["compiled"] == 0 and idle["cache_hits"] == 0 and idle["compile_s"] == 0.0
+
+
+def test_holdout_split_and_label_swap_on_held_out_rollouts(tmp_path):
+    """finetune.holdout_ids holds out a share of each outcome; label_swap_loss reads only those episodes' labelled
+    windows (a padded last batch is not counted) and reports the paired difference with its standard error."""
+    import jax
+    import numpy as np
+    from _helpers_train import make_episode
+
+    from experiments import finetune, glue
+    from recap_jax import policy
+    from recap_jax.data import EpisodeStore
+
+    cfg = presets.override(presets.SMOKE, **{"finetune.holdout_fraction": 0.25})
+    store = EpisodeStore(tmp_path / "rollouts", create=True)
+    store.append([make_episode(i, n_steps=50, stride=24, image_hw=(48, 80)) for i in range(8)])  # odd ids succeed
+    store.append(make_episode(8, n_steps=50, stride=24, image_hw=(48, 80), kind="demo"))
+    store.write_annotation("label", {i: np.array([1, 0, -1], np.int8) for i in range(8)})
+    held = finetune.holdout_ids(cfg, tmp_path)
+    assert len(held) == 2 and sorted(i % 2 for i in held) == [0, 1]  # one episode of each outcome
+    assert finetune.holdout_ids(cfg, tmp_path) == held and finetune.holdout_ids(presets.SMOKE, tmp_path) == ()
+    params = policy.init_policy(glue.policy_config(cfg), jax.random.key(0))
+    out = finetune.label_swap_loss(params, tmp_path / "rollouts", episode_ids=held, windows=64, batch_size=3)
+    assert out["held_out"] is True and out["windows"] == 4  # 2 episodes x 2 labelled decision points
+    assert all(np.isfinite(out[k]) for k in ("true", "swapped", "swapped_minus_true", "swapped_minus_true_se"))
+    assert out["swapped_minus_true"] == pytest.approx(out["swapped"] - out["true"], abs=1e-6)
+    every = finetune.label_swap_loss(params, tmp_path / "rollouts", windows=64, batch_size=4)
+    assert every["held_out"] is False and every["windows"] == 16

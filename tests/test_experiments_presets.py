@@ -11,7 +11,7 @@ from experiments import presets
 
 
 def test_presets_are_frozen_and_named():
-    assert set(presets.PRESETS) == {"smoke", "demo", "cpu", "cpu_long", "gpu", "paper", "psi0"}
+    assert set(presets.PRESETS) == {"smoke", "demo", "cpu", "cpu_long", "cpu_power", "gpu", "paper", "psi0"}
     for name, cfg in presets.PRESETS.items():
         assert cfg.name == name and cfg.budget
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -45,8 +45,8 @@ def _assert_shares_programs(smoke, cpu):
 
 
 def test_gpu_preset_is_the_cpu_recipe_at_scale():
-    """gpu runs the recipe that has headroom on CPU, with every wave at one env count, and enough paired
-    episodes that a difference of two ~50 % rates has a 95% interval of at most ~±6 points."""
+    """gpu runs the recipe that has headroom on CPU (cpu_power's), with every wave at one env count, and enough
+    paired episodes that a difference of two ~50 % rates has a 95% interval of at most ~±6 points."""
     from experiments import glue
     from recap_jax import stats
 
@@ -58,7 +58,29 @@ def test_gpu_preset_is_the_cpu_recipe_at_scale():
     b = (np.arange(n) // 2) % 2 == 0
     _, lo, hi = stats.paired_difference_interval(a, b)
     assert hi - lo <= 0.13
-    assert gpu.collect.episodes >= n
+    assert gpu.collect.episodes >= 512 and n >= 1024  # issue 23: 512+ rollouts, 1024 paired episodes
+    assert (gpu.value, gpu.finetune.holdout_fraction) == (presets.get_preset("cpu_power").value, 0.1)
+
+
+def test_cpu_power_preset_has_the_power_issue_23_asks_for():
+    """cpu_power: cpu's env, policy, demos and SFT screen; >= 384 rollouts; >= 512 paired episodes for each compared
+    condition (unpaired power >= 0.8 for the paper's 30.8% vs 21.5% at alpha 0.05); fewer for the SFT conditions;
+    waves of 16-32 envs shared by collection and evaluation; held-out rollouts for the label-swap diagnostic."""
+    from experiments import glue, recap_bendpick
+    from recap_jax import stats
+
+    cpu, p = presets.get_preset("cpu"), presets.get_preset("cpu_power")
+    assert glue.policy_config(p) == glue.policy_config(cpu) and glue.make_env(p).config == glue.make_env(cpu).config
+    assert (p.demos, p.sft) == (cpu.demos, cpu.sft)
+    assert p.collect.episodes >= 384 and p.evaluate.episodes >= 512
+    assert p.evaluate.condition_episodes("sft_init") < p.evaluate.condition_episodes("recap_high") == 512
+    assert 16 <= p.evaluate.num_envs == p.collect.num_envs <= 32
+    n, (a, b) = p.evaluate.episodes, (0.308, 0.215)
+    se = ((a * (1 - a) + b * (1 - b)) / n) ** 0.5
+    assert stats.norm_cdf((a - b) / se - stats.norm_ppf(0.975)) >= 0.8
+    assert 0 < p.finetune.holdout_fraction < 0.5 and glue.value_config(p).backbone == "state"
+    assert any("held out of RECAP" in d for d in recap_bendpick.deviations(p))
+    assert any("value backbone 'state'" in d for d in recap_bendpick.deviations(p))
 
 
 def test_paper_preset_matches_paper():

@@ -47,6 +47,7 @@ def ci_config() -> presets.StudyConfig:
             "value_training.epochs": 1,
             "finetune.steps": 2,
             "finetune.log_every": 1,
+            "finetune.holdout_fraction": 0.25,  # the label-swap diagnostic on held-out rollouts
             "evaluate.episodes": 8,
         },
     )
@@ -129,7 +130,16 @@ def test_reduced_study_end_to_end_and_resume(demo_run, tmp_path, capsys):
     assert vf["labels_out_of_fold"] is True and vf["folds"] == cfg.value_training.folds
     assert vf["clock_only_mse"] is not None and isinstance(vf["goal"]["met"], bool)
     swap = saved["label_swap_loss"]
-    assert swap["windows"] > 0 and swap["true"] > 0 and swap["swapped"] > 0 and swap["held_out"] is False
+    assert swap["windows"] > 0 and swap["true"] > 0 and swap["swapped"] > 0 and swap["held_out"] is True
+    assert swap["swapped_minus_true_se"] is not None
+    # The held-out rollouts (a quarter of each outcome) trained neither RECAP nor BC-all.
+    held = {
+        w: common.read_json(out / "finetune" / w / common.MARKER)["outputs"]["held_out_episodes"]
+        for w in ("recap", "bc_all")
+    }
+    assert held["recap"] == held["bc_all"] and 0 < len(held["recap"]) < cfg.collect.episodes
+    held_outcomes = [e.success for e in store.load(held["recap"])]
+    assert any(held_outcomes) and not all(held_outcomes)
     assert saved["rollouts"]["episodes"] == cfg.collect.episodes
     # Both outcomes in the rollouts: the naive mean-return baseline has something to miss.
     assert saved["value_function"]["naive_mse"] > 0, saved["value_function"]

@@ -102,6 +102,8 @@ def test_value_mode_and_kinds(store):
         eid, t = int(b["state"][row, 0]), int(b["state"][row, 1])
         q = t // 8
         assert b["return"][row] == pytest.approx(returns[eid][q])
+    held = WindowLoader(store, LoaderConfig(batch_size=4, kinds=("rollout",), exclude_episodes=(1,)), prefetch=0)
+    assert [e.episode_id for e in held.episodes] == [0]  # a held-out split leaves the loader
     with pytest.raises(KeyError, match="'value'"):
         WindowLoader(store, LoaderConfig(batch_size=4, return_annotation="value"))
 

@@ -50,13 +50,14 @@ def _episodes(n, seed, visible):
 
 
 CFG = vt.ValueTrainConfig(
-    backbone="features", epochs=40, batch_size=64, learning_rate=1e-3, clock_steps=LIMIT, folds=3, target="two_hot"
+    backbone="state", epochs=40, batch_size=64, learning_rate=1e-3, clock_steps=LIMIT, folds=3, target="two_hot"
 )
 
 
 def _fit(visible, seed):
-    data = vt.decision_points(_episodes(120, seed, visible))
-    data = data.with_inputs(np.zeros((len(data), 1), np.float32))
+    # The "state" backbone: no image, the network reads the state and the clock (stage_data applies its features).
+    data = vt.stage_data(_episodes(120, seed, visible), CFG, vt.features_for(CFG))
+    assert data.inputs.shape == (len(data), 1) and not data.inputs.any()
     return data, vt.cross_fit(data, CFG)
 
 

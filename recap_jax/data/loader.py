@@ -56,6 +56,7 @@ class LoaderConfig:
       kinds: keep only episodes whose ``tags["kind"]`` is in this tuple (None = all).
       feature_annotation: name of a System-2 feature cache (``features.write_feature_cache``) to emit
         ``context`` batches from, or None (images and prompt ids).
+      exclude_episodes: episode ids left out (a held-out split, e.g. ``experiments.finetune.holdout_ids``).
     """
 
     batch_size: int
@@ -67,6 +68,7 @@ class LoaderConfig:
     return_annotation: str | None = None
     kinds: tuple[str, ...] | None = None
     feature_annotation: str | None = None
+    exclude_episodes: tuple[int, ...] = ()
 
 
 def norm_stats(episodes: EpisodeStore | Sequence[Episode], kinds: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -156,6 +158,9 @@ class WindowLoader:
             annotations = dict(annotations or {})
         if config.kinds is not None:
             episodes = [e for e in episodes if e.tags.get("kind") in config.kinds]
+        if config.exclude_episodes:
+            excluded = set(int(i) for i in config.exclude_episodes)
+            episodes = [e for e in episodes if e.episode_id not in excluded]
         self.episodes = [e for e in episodes if e.image_steps.size]
         if not self.episodes:
             raise ValueError("the loader found no episodes with imaged steps")
