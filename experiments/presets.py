@@ -305,9 +305,11 @@ SMOKE = StudyConfig(
 # the episode clock, SFT 3000 steps at lr 2e-3, screened for the 25-60% band) and cuts everything else:
 # screening on one wave per candidate, 32 rollouts, RECAP and BC-all 100 steps, 8 paired evaluation
 # episodes per condition (too few for any comparison to separate: cpu_long and gpu answer the question).
-# Its fixed seed collects both outcomes (13/32); tests/test_experiments_smoke.py fails if that ever stops
-# holding. Measured (results/demo/README.md): the fine-tuned conditions then failed every evaluation
-# episode (SFT@3k: 2/16 at 16 episodes, the same two among the first 8), so the comparisons were 0 vs 0.
+# Its fixed seed collects both outcomes (15/32); tests/test_experiments_smoke.py fails if that ever stops
+# holding. Fine-tuning runs at the paper's lr 1e-4: at 3e-4 (the cpu presets') the 100-step RECAP and BC-all
+# policies fell in 4-8 of 8 evaluation episodes (0/8, 0/8, 1/8 successes: degenerate comparisons), and 300
+# steps at 1e-4 were worse (0/8 each, 6 falls): fine-tuning on the SFT policy's own 32 rollouts (6 of which
+# fell) drifts the policy further the longer it runs. 100 steps at 1e-4 scored 3/8 (BC-all), 1/8, 1/8 (2026-12-04).
 # Budget (2-core CPU; shapes and compiled programs as smoke's): 8-env x 216-step waves: demos ~5,
 # screening 3, collection 4, evaluation 5 x 1 = ~17 waves; SFT 3000 + RECAP 100 + BC-all 100 train steps
 # at batch 16 (~73 ms CPU each); value 10 epochs. Compile: reset, expert wave, policy wave, two train
@@ -333,7 +335,7 @@ DEMO = StudyConfig(
     collect=CollectSettings(episodes=32, num_envs=8, screen_episodes=8),
     value_training=ValueSettings(epochs=10, batch_size=64, clock=True, folds=4),  # as cpu: clock + out-of-fold labels
     labels=LabelSettings(positive_fraction=0.3),
-    finetune=FinetuneSettings(steps=100, batch_size=16, learning_rate=3e-4, warmup_steps=10, log_every=50),
+    finetune=FinetuneSettings(steps=100, batch_size=16, learning_rate=1e-4, warmup_steps=10, log_every=50),
     evaluate=EvalSettings(episodes=8, num_envs=8, gif_episodes=2),
     budget=(
         "8 envs x 216 control steps: ~17 waves (demos ~5, screening 3, collect 4, evaluate 5 x 1); "
