@@ -462,21 +462,14 @@ CPU_POWER = StudyConfig(
 # (~10 s each at the ~108K physics steps/s measured with policy and camera); SFT 3000 + RECAP 4000 + BC-all
 # 4000 steps of the tiny policy at batch 16 (a few ms each); value 4 folds x >= 2400 steps of the small
 # state net. About 4 min of compilation + 4 min of work: ~8-9 min.
-GPU = StudyConfig(
+GPU = dataclasses.replace(
+    CPU_POWER,
     name="gpu",
     description="one H100/H200, ~9 min in one device call: cpu_power's recipe, 512 rollouts, 1024 paired eval episodes",
-    seed=0,
-    env=CPU_POWER.env,
-    policy=CPU_POWER.policy,
-    value=CPU_POWER.value,
-    demos=DemoSettings(num_demos=32, num_envs=512, expert_noise=0.3, dart=True),
-    sft=CPU_POWER.sft,
+    demos=dataclasses.replace(CPU_POWER.demos, num_envs=512),
     collect=CollectSettings(episodes=512, num_envs=512, screen_episodes=512),
-    value_training=ValueSettings(epochs=30, batch_size=64, clock=True, folds=4, min_steps=2_400),
-    labels=LabelSettings(positive_fraction=0.3),
-    finetune=FinetuneSettings(
-        steps=4_000, batch_size=16, learning_rate=3e-4, warmup_steps=100, log_every=250, holdout_fraction=0.1
-    ),
+    value_training=dataclasses.replace(CPU_POWER.value_training, epochs=30, min_steps=2_400),
+    finetune=dataclasses.replace(CPU_POWER.finetune, steps=4_000, log_every=250),
     evaluate=EvalSettings(episodes=1024, sft_episodes=512, num_envs=512, gif_episodes=2),
     budget=(
         "512 envs x 216 control steps: 15 waves (demos 1, screening 5, collect 1, evaluate 3 x 2 + 2), one reset, "
