@@ -1,24 +1,20 @@
 """``make demo``'s first stages on the demo preset's fixed seed, then a reduced study on top of them.
 
-* ``demo_run`` (module fixture): the demos, SFT, screening and collection of ``make demo``, run as
+* ``demo_runs`` (module fixture): the demos, SFT, screening and collection of ``make demo``, run as
   ``make demo`` runs them (``tests/_demo_collect.py``: its own process, one host device, the Makefile's
-  XLA flags, so its programs and numbers are the demo's), once for this file.
+  XLA flags, so its programs and numbers are the demo's), then, in the same process on a copy, the remaining
+  stages of a reduced study (value, labels, RECAP and BC-all for 2 steps, evaluation on 8 episodes:
+  ``_demo_collect.ci_config``), which reuse the reset and policy-wave programs the collection compiled.
 * ``test_demo_preset_collects_both_outcomes``: that collection has successes and failures (issue #24: a
   demo whose every rollout failed printed a table of zeros).
-* ``test_reduced_study_end_to_end_and_resume``: the remaining stages for real on that run directory
-  (value, labels, RECAP and BC-all for 2 steps, evaluation on 8 episodes: ``ci_config``), then a second
-  invocation that skips every stage. The value function sees both outcomes here.
-
-Both tests are in one file so that one xdist worker runs them one after the other on one demo run; the
-reset, expert-wave and policy-wave programs are the ``smoke``/``demo`` shapes, shared with ``make demo``
-through the persistent compilation cache.
+* ``test_reduced_study_end_to_end_and_resume``: the reduced study's outputs, then a second invocation here that
+  skips every stage. The value function sees both outcomes there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,39 +31,30 @@ from recap_jax.data.loader import LoaderConfig, WindowLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from _demo_collect import demo_preset  # noqa: E402
-
-
-def ci_config() -> presets.StudyConfig:
-    """The demo preset (its demos, SFT and collection stages match ``demo_run``'s, so they are skipped) with
-    the later stages cut to a few steps and one evaluation wave."""
-    return presets.override(
-        presets.get_preset(demo_preset()),
-        **{
-            "value_training.epochs": 1,
-            "finetune.steps": 2,
-            "finetune.log_every": 1,
-            "finetune.holdout_fraction": 0.25,  # the label-swap diagnostic on held-out rollouts
-            "evaluate.episodes": 8,
-        },
-    )
+from _demo_collect import ci_config, demo_preset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    """``make demo``'s demos, SFT, screening and collection (tests/_demo_collect.py) in a run directory."""
+def demo_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """(``make demo``'s demos, SFT, screening and collection; the reduced study on a copy of it)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = tmp_path_factory.mktemp("demo") / "run"
+    base = tmp_path_factory.mktemp("demo")
+    out, reduced = base / "run", base / "reduced"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_demo_collect.py"), str(out)],
+        [sys.executable, str(ROOT / "tests" / "_demo_collect.py"), str(out), "--reduced", str(reduced)],
         env=env,
         capture_output=True,
         text=True,
         timeout=3600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+    return out, reduced
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_runs) -> Path:
+    return demo_runs[0]
 
 
 @pytest.mark.slow
@@ -86,13 +73,13 @@ def test_demo_preset_collects_both_outcomes(demo_run):
 
 
 @pytest.mark.slow
-def test_reduced_study_end_to_end_and_resume(demo_run, tmp_path, capsys):
+def test_reduced_study_end_to_end_and_resume(demo_runs, capsys):
+    out = demo_runs[1]
+    error = out / "error.txt"
+    assert not error.exists(), error.read_text()
     cfg = ci_config()
-    out = tmp_path / "run"
-    shutil.copytree(demo_run, out)
-    common.save_config(out, cfg)
-    results = recap_bendpick.run_study(cfg, out)
-    table = recap_bendpick.write_outputs(cfg, out, results)
+    assert common.read_config(out) == cfg
+    table = (out / "table1.md").read_text()
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["preset"] == "demo" and saved["seed"] == cfg.seed
@@ -156,4 +143,4 @@ def test_reduced_study_end_to_end_and_resume(demo_run, tmp_path, capsys):
     again = recap_bendpick.run_study(cfg, out)
     log = capsys.readouterr().out
     assert "running" not in log and log.count("skipped") >= 10
-    assert again["conditions"] == results["conditions"]
+    assert json.loads(json.dumps(again["conditions"])) == saved["conditions"]
