@@ -60,6 +60,68 @@ def holdout_ids(cfg: StudyConfig, out: Path) -> tuple[int, ...]:
     return tuple(int(i) for i in held)
 
 
+def window_batch(episodes, labels, rows, chunk: int) -> tuple[dict, list[int], list[str]]:
+    """Training windows for labelled decision points, as ``WindowLoader`` builds them.
+
+    Args:
+      episodes: {episode_id: Episode}; labels: {episode_id: int8 [Q_e]}; rows: [(episode_id, decision index q)];
+      chunk: the policy's action horizon H.
+
+    Returns: (batch without prompts: image u8 [B, h, w, 3], state f32 [B, S], t i32 [B], actions f32 [B, H, A],
+      action_mask bool [B, H]; the rows' labels; the rows' instructions).
+    """
+    from recap_jax.data.loader import action_window
+
+    batch = {"image": [], "state": [], "t": [], "actions": [], "action_mask": []}
+    labs, prompts = [], []
+    for eid, q in rows:
+        e = episodes[eid]
+        t = int(e.image_steps[q])
+        a, m = action_window(np.asarray(e.actions, np.float32), t, chunk)
+        for k, v in (("image", e.images[q]), ("state", e.states[t]), ("t", t), ("actions", a), ("action_mask", m)):
+            batch[k].append(v)
+        labs.append(int(labels[eid][q]))
+        prompts.append(e.prompt)
+    batch = {k: np.stack(v) for k, v in batch.items()}
+    batch["t"] = batch["t"].astype(np.int32)
+    return batch, labs, prompts
+
+
+def swap_losses(loss_fn, params, batch: dict, labs, prompts, key) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window flow-matching losses (float [B] each) with the true and the swapped (high ↔ low) advantage
+    prompt, the same σ and noise (``key``) for both. ``loss_fn(params, batch, key) -> float [B]``."""
+    from recap_jax import advantage
+
+    tok = params.config.tokenizer()
+    out = []
+    for labels in (labs, [1 - x for x in labs]):
+        ids, mask = tok.encode(advantage.format_prompts(prompts, labels))
+        out.append(np.asarray(loss_fn(params, batch | {"prompt_ids": ids, "prompt_mask": mask}, key)))
+    return out[0], out[1]
+
+
+def per_example_loss():
+    """The jitted per-window flow-matching loss ``(params, batch, key) -> float [B]`` the diagnostic reads."""
+    import jax
+
+    from recap_jax import policy
+
+    return jax.jit(lambda p, b, k: policy.policy_loss(p, b, k, per_example=True)[0])
+
+
+def paired_summary(true: np.ndarray, swapped: np.ndarray) -> dict:
+    """Means of the paired per-window losses and the standard error of their difference."""
+    true, swapped = np.asarray(true, np.float64), np.asarray(swapped, np.float64)
+    diff, n = swapped - true, len(true)
+    return {
+        "true": float(true.mean()),
+        "swapped": float(swapped.mean()),
+        "swapped_minus_true": float(diff.mean()),
+        "swapped_minus_true_se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+        "windows": n,
+    }
+
+
 def label_swap_loss(
     params,
     store_root,
@@ -68,16 +130,17 @@ def label_swap_loss(
     windows: int = SWAP_WINDOWS,
     batch_size: int = 16,
     seed: int = 0,
+    labels=None,
 ) -> dict:
     """Whether a RECAP policy reads its advantage token: its flow-matching loss on labelled rollout windows with
     the true label in the prompt vs the swapped one (high ↔ low), the same σ and noise for both (issue 22).
 
     Up to ``windows`` decision points with a label in {0, 1} are drawn from the store's rollouts (``seed``),
     restricted to ``episode_ids`` when given (the held-out split, ``holdout_ids``: episodes the policy never
-    trained on); each is a training window (image, state, clock, the chunk from its control step), as
-    ``WindowLoader`` builds them. A policy that ignores the token scores the same loss for both prompts; one that
-    reads it scores lower with the true label (``swapped_minus_true`` > 0). Without ``episode_ids`` the windows
-    come from every rollout, i.e. from RECAP's training set (``held_out`` False).
+    trained on); each is a training window (``window_batch``). A policy that ignores the token scores the same
+    loss for both prompts; one that reads it scores lower with the true label (``swapped_minus_true`` > 0).
+    Without ``episode_ids`` the windows come from every rollout, i.e. from RECAP's training set (``held_out``
+    False). ``labels``: {episode_id: int8 [Q_e]} instead of the store's ``label`` annotation.
 
     Returns: {"true", "swapped", "swapped_minus_true", "swapped_minus_true_se", "windows", "held_out"}; None values
       when there are no labelled windows. ``swapped_minus_true_se``: the standard error of the mean per-window
@@ -85,61 +148,37 @@ def label_swap_loss(
     """
     import jax
 
-    from recap_jax import advantage, policy
+    from recap_jax import policy
     from recap_jax.data import EpisodeStore
-    from recap_jax.data.loader import action_window
 
     store = EpisodeStore(store_root)
-    labels = store.read_annotation("label")
+    labels = store.read_annotation("label") if labels is None else labels
     eps = {e.episode_id: e for e in store.iter_episodes() if e.tags.get("kind") == "rollout"}
     held_out = episode_ids is not None
     if held_out:
         keep = {int(i) for i in episode_ids}
         eps = {k: e for k, e in eps.items() if k in keep}
     rows = [(eid, q) for eid, lab in labels.items() if eid in eps for q in range(len(lab)) if lab[q] in (0, 1)]
-    out = {
-        "true": None,
-        "swapped": None,
-        "swapped_minus_true": None,
-        "swapped_minus_true_se": None,
-        "windows": 0,
-        "held_out": held_out,
-    }
+    out = dict.fromkeys(("true", "swapped", "swapped_minus_true", "swapped_minus_true_se")) | {"windows": 0}
+    out["held_out"] = held_out
     if not rows:
         return out
     rng = np.random.default_rng(seed)
     pick = [rows[i] for i in rng.permutation(len(rows))[:windows]]
     pad = -len(pick) % batch_size  # the last batch is filled with repeats, which are not counted
     pick_padded = pick + (pick * batch_size)[:pad]
-    pcfg = params.config
-    params = policy.replace_config(params, indicator_dropout=0.0) if pcfg.indicator_dropout else params
-    tok = pcfg.tokenizer()
-    loss = jax.jit(lambda p, b, k: policy.policy_loss(p, b, k, per_example=True)[0])
+    if params.config.indicator_dropout:
+        params = policy.replace_config(params, indicator_dropout=0.0)
+    loss = per_example_loss()
     per = {"true": [], "swapped": []}
     for start in range(0, len(pick_padded), batch_size):
-        chunk = pick_padded[start : start + batch_size]
-        batch = {"image": [], "state": [], "t": [], "actions": [], "action_mask": []}
-        lab, prompts = [], []
-        for eid, q in chunk:
-            e, t = eps[eid], int(eps[eid].image_steps[q])
-            a, m = action_window(np.asarray(e.actions, np.float32), t, pcfg.chunk)
-            for k, v in (("image", e.images[q]), ("state", e.states[t]), ("t", t), ("actions", a), ("action_mask", m)):
-                batch[k].append(v)
-            lab.append(int(labels[eid][q]))
-            prompts.append(e.prompt)
-        batch = {k: np.stack(v) for k, v in batch.items()}
-        batch["t"] = batch["t"].astype(np.int32)
+        batch, labs, prompts = window_batch(eps, labels, pick_padded[start : start + batch_size], params.config.chunk)
         key = jax.random.fold_in(jax.random.key(seed), start)
-        for name, labs in (("true", lab), ("swapped", [1 - x for x in lab])):
-            ids, mask = tok.encode(advantage.format_prompts(prompts, labs))
-            per[name].append(np.asarray(loss(params, batch | {"prompt_ids": ids, "prompt_mask": mask}, key)))
+        true, swapped = swap_losses(loss, params, batch, labs, prompts, key)
+        per["true"].append(true)
+        per["swapped"].append(swapped)
     n = len(pick)
-    true, swapped = (np.concatenate(per[k])[:n].astype(np.float64) for k in ("true", "swapped"))
-    diff = swapped - true
-    out.update(true=float(true.mean()), swapped=float(swapped.mean()), windows=n)
-    out["swapped_minus_true"] = float(diff.mean())
-    out["swapped_minus_true_se"] = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else None
-    return out
+    return out | paired_summary(np.concatenate(per["true"])[:n], np.concatenate(per["swapped"])[:n])
 
 
 def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
