@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from _serve_helpers import running_server
 
-from experiments import evaluate, glue
+from experiments import common, evaluate, glue
 from experiments.presets import get_preset, override
 from experiments.report import Outcomes
 from recap_jax import policy, rollout, stats
@@ -75,12 +75,15 @@ def _in_process(cfg, params):
 
 def test_http_evaluation_matches_in_process(served, tmp_path):
     cfg, params, url, server = served
-    # the CLI: python -m experiments.evaluate --out RUN --policy-url URL --episodes N --num-envs N --save PATH
+    # the CLI: python -m experiments.evaluate --out RUN --policy-url URL --episodes N --num-envs N --save PATH,
+    # RUN holding this config (the env's 48-step episodes and the key space are read from it, read only)
     run, path = tmp_path / "run", tmp_path / "remote.npz"
+    common.save_config(run, cfg)
+    before = sorted(p.name for p in run.iterdir())
     evaluate.main(
         ["--out", str(run), "--policy-url", url, "--episodes", str(N), "--num-envs", str(N), "--save", str(path)]
     )
-    assert not run.exists()  # nothing written into --out
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into --out
     remote = Outcomes.load(str(path))
     with np.load(path.with_name("remote_detail.npz")) as z:
         cause = z["cause"]
