@@ -21,12 +21,23 @@ from recap_jax import _platform  # noqa: E402
 
 _platform.enable_compilation_cache()
 
-# The longest test file first. `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: each file
-# goes whole to one of two workers in collection order (xdist's default reorder sorts files by test count,
-# which sent the two-test smoke file last), so a long file taken late (test_experiments_smoke.py runs make
-# demo's demos, SFT and collection: several minutes cold) would run alone after the other worker is done.
-LONGEST_FIRST = ("test_experiments_smoke.py",)
+# The longest test files first. `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: each file goes
+# whole to one of two workers in collection order (xdist's default reorder sorts files by test count, which sent
+# the two-test smoke file last), so a long file taken late (test_experiments_smoke.py runs make demo's demos, SFT
+# and collection: ~11 minutes cold) would run alone after the other worker is done. The next ones are the
+# slowest cold files (2026-12-04, seconds): the remaining files are short and even out the two workers' ends.
+LONGEST_FIRST = (
+    "test_experiments_smoke.py",  # 680
+    "test_serve_evaluate.py",  # 105
+    "test_expert.py",  # 130
+    "test_env.py",  # 127
+    "test_policy.py",  # 126
+    "test_wrappers.py",  # 74
+    "test_system0.py",  # 58
+    "test_psi0_policy.py",  # 46
+)
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: files keep their order
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
