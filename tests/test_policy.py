@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -405,7 +407,8 @@ def test_tiny_policy_fits_fixed_pairs():
     def eval_loss(model):
         return jnp.mean(jax.vmap(lambda key: loss_of(model, batch, key))(jax.random.split(jax.random.key(99), 16)))
 
-    @jax.jit
+    # 600 steps in one program: LLVM -O2 for it (the session compiles at -O0, tests/conftest.py): 44 s -> 26 s cold.
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 2})
     def train(model):
         def step(carry, key):
             model, opt = carry
