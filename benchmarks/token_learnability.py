@@ -69,24 +69,20 @@ def run_one(cfg, run: Path, scheme: str, lr: float, steps: int, eval_every: int,
     from recap_jax import advantage, policy
     from recap_jax import train as T
     from recap_jax.data import EpisodeStore
-    from recap_jax.value_training import stratified_split
 
     store = EpisodeStore(run / "rollouts")
     eps = {e.episode_id: e for e in store.iter_episodes() if e.tags.get("kind") == "rollout"}
     labels = scheme_labels(scheme, cfg, run, store)
+    if cfg.finetune.holdout_fraction <= 0:  # a run without a holdout: hold out 10% of each outcome here
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, holdout_fraction=0.1))
     held = set(finetune.holdout_ids(cfg, run))
-    if not held:  # a run without a holdout: hold out 10% of each outcome here
-        ids = np.asarray(sorted(eps), np.int64)
-        held = set(stratified_split(ids, np.asarray([eps[i].success for i in ids]), 0.1, seed=cfg.seed)[1].tolist())
     rows = [(eid, q) for eid, lab in sorted(labels.items()) if eid in eps for q in range(len(lab)) if lab[q] in (0, 1)]
     train_rows = [r for r in rows if r[0] not in held]
+    held_rows = [r for r in rows if r[0] in held]
     rng = np.random.default_rng(cfg.seed)
-    eval_sets = {
-        "held_out": [r for r in rows if r[0] in held],
-        "in_sample": [train_rows[i] for i in rng.permutation(len(train_rows))[:EVAL_WINDOWS]],
-    }
-    eval_sets["held_out"] = [eval_sets["held_out"][i] for i in rng.permutation(len(eval_sets["held_out"]))]
-    eval_sets["held_out"] = eval_sets["held_out"][:EVAL_WINDOWS]
+    in_sample = [train_rows[i] for i in rng.permutation(len(train_rows))[:EVAL_WINDOWS]]
+    held_out = [held_rows[i] for i in rng.permutation(len(held_rows))[:EVAL_WINDOWS]]
+    eval_sets = {"held_out": held_out, "in_sample": in_sample}
 
     params0 = finetune.init_params(cfg, run, "recap")
     pcfg, bsz = params0.config, int(cfg.finetune.batch_size)
