@@ -448,8 +448,8 @@ CPU_POWER = StudyConfig(
 )
 
 # ---- gpu: the cpu_power recipe at 1024 paired episodes per condition, in one ~9-minute device call ----------
-# Design. The first H100 run (results/gpu, preset at commit 0305770: small 43 M policy, clean demos, 96x160
-# camera, level-1 randomisation, 400-step episodes) had no headroom (SFT 1.6-3.1%). The recipe that has
+# Design. The first H100 run (results/gpu_h100_2026-11-23, preset at commit 0305770: small 43 M policy, clean
+# demos, 96x160 camera, level-1 randomisation, 400-step episodes) had no headroom (SFT 1.6-3.1%). The recipe that has
 # headroom is the `cpu` one (DART demos, the episode clock, the tiny policy at lr 2e-3, SFT screened at
 # 1k-3k: 37.5-53% on CPU). This preset runs the `cpu_power` recipe (cpu's env, policy, demos and SFT; the
 # state-and-clock value function; 10% of the rollouts held out of fine-tuning for the label-swap diagnostic)
@@ -462,6 +462,7 @@ CPU_POWER = StudyConfig(
 # (~10 s each at the ~108K physics steps/s measured with policy and camera); SFT 3000 + RECAP 4000 + BC-all
 # 4000 steps of the tiny policy at batch 16 (a few ms each); value 4 folds x >= 2400 steps of the small
 # state net. About 4 min of compilation + 4 min of work: ~8-9 min.
+# Measured on one H200 (2026-12-04, results/gpu): 487 s of stages from an empty cache, 287 s of it compiling.
 GPU = dataclasses.replace(
     CPU_POWER,
     name="gpu",
