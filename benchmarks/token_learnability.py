@@ -63,11 +63,7 @@ def scheme_labels(scheme: str, cfg, run: Path, store) -> dict[int, np.ndarray]:
 
 def run_one(cfg, run: Path, scheme: str, lr: float, steps: int, eval_every: int, offset: float) -> list[dict]:
     """Fine-tunes from the SFT collection checkpoint under ``scheme`` at ``lr``; the gaps every ``eval_every``."""
-    import jax
-
-    from experiments import finetune, glue
-    from recap_jax import advantage, policy
-    from recap_jax import train as T
+    from experiments import finetune
     from recap_jax.data import EpisodeStore
 
     store = EpisodeStore(run / "rollouts")
@@ -77,17 +73,41 @@ def run_one(cfg, run: Path, scheme: str, lr: float, steps: int, eval_every: int,
         cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, holdout_fraction=0.1))
     held = set(finetune.holdout_ids(cfg, run))
     rows = [(eid, q) for eid, lab in sorted(labels.items()) if eid in eps for q in range(len(lab)) if lab[q] in (0, 1)]
+    params0 = finetune.init_params(cfg, run, "recap")
+    shift = offset if scheme == "random_offset" else 0.0
+    return track_gaps(cfg, params0, eps, labels, rows, held, lr, steps, eval_every, shift=shift, name=scheme)
+
+
+def track_gaps(
+    cfg, params0, eps, labels, rows, held, lr: float, steps: int, eval_every: int, *, shift: float = 0.0, name: str = ""
+) -> list[dict]:
+    """Fine-tunes ``params0`` with the advantage prompt on the labelled windows ``rows`` [(episode_id, q)] whose
+    episode is not in ``held``, at ``lr`` for ``steps`` steps (the preset's optimiser otherwise), and reads the
+    label-swap gap every ``eval_every`` steps on up to ``EVAL_WINDOWS`` held-out and training windows.
+
+    ``eps``: {episode_id: Episode}; ``labels``: {episode_id: int8 [Q_e]} (1 high, 0 low); ``shift``: each
+    window's actions move by ``(2·label − 1)·shift·(action_max − action_min)`` (the positive control; 0 for
+    real labels). Returns one row per evaluation (dicts, printed as they come)."""
+    import jax
+
+    from experiments import finetune, glue
+    from recap_jax import advantage, policy
+    from recap_jax import train as T
+
     train_rows = [r for r in rows if r[0] not in held]
     held_rows = [r for r in rows if r[0] in held]
+    if not train_rows or len(held_rows) < int(cfg.finetune.batch_size):
+        raise ValueError(
+            f"need training windows and >= {cfg.finetune.batch_size} held-out windows, got {len(train_rows)} "
+            f"and {len(held_rows)}"
+        )
     rng = np.random.default_rng(cfg.seed)
     in_sample = [train_rows[i] for i in rng.permutation(len(train_rows))[:EVAL_WINDOWS]]
     held_out = [held_rows[i] for i in rng.permutation(len(held_rows))[:EVAL_WINDOWS]]
     eval_sets = {"held_out": held_out, "in_sample": in_sample}
 
-    params0 = finetune.init_params(cfg, run, "recap")
     pcfg, bsz = params0.config, int(cfg.finetune.batch_size)
     span = np.asarray(params0.norm.action_max - params0.norm.action_min, np.float32)
-    shift = offset if scheme == "random_offset" else 0.0
     tok = pcfg.tokenizer()
 
     def batch_for(chunk):
@@ -97,14 +117,14 @@ def run_one(cfg, run: Path, scheme: str, lr: float, steps: int, eval_every: int,
 
     def gaps(params) -> dict:
         res = {}
-        for name, ev in eval_sets.items():
+        for set_name, ev in eval_sets.items():
             true, swapped = [], []
             for s in range(0, len(ev) - bsz + 1, bsz):
                 b, labs, prompts = batch_for(ev[s : s + bsz])
                 t_, s_ = finetune.swap_losses(per_example, params, b, labs, prompts, jax.random.key(10_000 + s))
                 true.append(t_)
                 swapped.append(s_)
-            res[name] = finetune.paired_summary(np.concatenate(true), np.concatenate(swapped))
+            res[set_name] = finetune.paired_summary(np.concatenate(true), np.concatenate(swapped))
         return res
 
     opt_cfg = glue.optimizer_config(dataclasses.replace(cfg.finetune, learning_rate=lr), steps)
@@ -117,7 +137,7 @@ def run_one(cfg, run: Path, scheme: str, lr: float, steps: int, eval_every: int,
     for i in range(steps + 1):
         if i % eval_every == 0 or i == steps:
             g = gaps(state.inference_params)
-            row = {"scheme": scheme, "lr": lr, "step": i, "train_loss": float(np.mean(losses)) if losses else None}
+            row = {"scheme": name, "lr": lr, "step": i, "train_loss": float(np.mean(losses)) if losses else None}
             row |= {f"{k}_{m}": v[m] for k, v in g.items() for m in ("swapped_minus_true", "swapped_minus_true_se")}
             row |= {"true_loss": g["held_out"]["true"], "seconds": time.perf_counter() - t0, "windows": len(train_rows)}
             print(row, flush=True)

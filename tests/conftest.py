@@ -15,6 +15,21 @@ if "xla_cpu_enable_concurrency_optimized_scheduler" not in _flags:
 # the Makefile's flags itself, so `make demo`'s programs and numbers are tested as they are.
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
+
+
+def _jaxlib_minor() -> tuple[int, int]:
+    from importlib.metadata import version
+
+    major, minor = version("jaxlib").split(".")[:2]
+    return int(major), int(minor)
+
+
+# XLA:CPU's older (non-"fusion emitter") code generator for the test session: at -O0 it compiled an MJX reset +
+# step pair with 25-29% less CPU (60-63 -> 45 s) and the tiny policy's train step with 29% less (11.9 -> 8.5 s),
+# run at the same speed and gave bit-identical states and losses (2026-12-04, jaxlib 0.10.2). Only where it was
+# measured: XLA aborts the process on a flag it does not know, and later jaxlibs may drop this one.
+if "xla_cpu_use_fusion_emitters" not in _flags and _jaxlib_minor() == (0, 10):
+    _flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 
 from recap_jax import _platform  # noqa: E402
