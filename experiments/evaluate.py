@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,12 @@ def main(argv=None) -> None:
 
             cfg = get_preset(args.preset or "smoke")
             cfg = cfg if args.seed is None else dataclasses.replace(cfg, seed=args.seed)
+            if args.preset is None:  # the env (episode length, image size, randomisation) and keys come from it
+                print(
+                    f"no {Path(args.out) / 'config.json'}: evaluating on preset {cfg.name!r}'s env and keys "
+                    "(pass --out RUN_DIR or --preset NAME for another preset's)",
+                    file=sys.stderr,
+                )
         res = evaluate_url(cfg, args.policy_url, num_episodes=args.episodes, num_envs=args.num_envs)
         what = args.policy_url
     else:
