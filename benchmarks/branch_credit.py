@@ -41,6 +41,14 @@ from benchmarks._results import machine_description, markdown_table, write_secti
 SECTION = "branch_credit"
 NAMESPACE = 50  # episode-key namespace of the branched scenes (disjoint from the study's: glue.key_space)
 BRANCH_FOLD = 7_919  # branch b's key at its branch point: fold_in(key, BRANCH_FOLD + b)
+SIGNAL_HEADER = [
+    "q",
+    "episodes",
+    "success − failure mean chunk, rms (range units)",
+    "the same / spread",
+    "AUC from the chunk",
+    "AUC from the next state",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +184,57 @@ def group_labels(eps: dict, k: int, ta: int, episode_length: int, speed: bool) -
     return labels, counts
 
 
+def _ridge_logistic_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float = 0.1, folds: int = 5) -> float:
+    """Held-out ROC AUC of an L2-regularised logistic regression (Newton steps on standardised features),
+    ``folds``-fold cross-validated over ``groups`` (rows of a group are never split)."""
+    from recap_jax import stats
+
+    uniq = np.random.default_rng(0).permutation(np.unique(groups))
+    pred = np.zeros(len(y))
+    for fold in np.array_split(uniq, folds):
+        te = np.isin(groups, fold)
+        mu, sd = x[~te].mean(0), x[~te].std(0) + 1e-6
+        xtr = np.hstack([(x[~te] - mu) / sd, np.ones((int((~te).sum()), 1))])
+        xte = np.hstack([(x[te] - mu) / sd, np.ones((int(te.sum()), 1))])
+        reg = 2 * l2 * len(xtr) * np.eye(xtr.shape[1])
+        reg[-1, -1] = 0.0  # no penalty on the bias
+        w = np.zeros(xtr.shape[1])
+        for _ in range(30):
+            pr = 1 / (1 + np.exp(-xtr @ w))
+            hess = (xtr * (pr * (1 - pr))[:, None]).T @ xtr + reg + 1e-8 * np.eye(len(w))
+            w -= np.linalg.solve(hess, xtr.T @ (pr - y[~te]) + reg @ w)
+        pred[te] = xte @ w
+    return stats.roc_auc(pred, y.astype(bool))
+
+
+def action_signal(rollouts, span: np.ndarray, ta: int, chunk: int) -> list[list]:
+    """How much the run's rollouts' actions and states say about the outcome, per decision point q (0, 1, 3):
+    rows [q, episodes, rms of (mean chunk of successes − of failures) in units of each action dim's range, the same
+    in units of the dims' spread across episodes, 5-fold AUC of a logistic probe from the executed chunk, and from
+    the state at the next decision point]."""
+    rows = []
+    for q in (0, 1, 3):
+        eps = [e for e in rollouts if e.n_steps >= (q + 1) * ta + 1 and len(e.actions) >= q * ta + chunk]
+        y = np.array([e.success for e in eps], np.float64)
+        acts = np.stack([e.actions[q * ta : q * ta + chunk] / span for e in eps])  # [E, H, A] in range units
+        diff = acts[y > 0].mean(0) - acts[y == 0].mean(0)
+        spread = acts.std(0) + 1e-9
+        ids = np.arange(len(eps))
+        flat = acts[:, :ta].reshape(len(eps), -1)
+        nxt = np.stack([e.states[(q + 1) * ta] for e in eps])
+        rows.append(
+            [
+                q,
+                len(eps),
+                f"{np.sqrt(np.mean(diff**2)):.4f}",
+                f"{np.sqrt(np.mean((diff / spread) ** 2)):.2f}",
+                f"{_ridge_logistic_auc(flat, y, ids):.2f}",
+                f"{_ridge_logistic_auc(nxt, y, ids):.2f}",
+            ]
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a study run directory with its collection stage done")
@@ -218,9 +277,15 @@ def main() -> None:
         + "."
     )
     print(summary, flush=True)
+    from recap_jax.data import EpisodeStore
+
+    params0 = finetune.init_params(cfg, args.run, "recap")
+    span = np.asarray(params0.norm.action_max - params0.norm.action_min, np.float64)
+    rollouts = [e for e in EpisodeStore(args.run / "rollouts").iter_episodes() if e.tags.get("kind") == "rollout"]
+    signal = action_signal(rollouts, span, ta, params0.config.chunk)
+    print(markdown_table(SIGNAL_HEADER, signal), flush=True)
     table = []
     if rows:
-        params0 = finetune.init_params(cfg, args.run, "recap")
         for lr in args.lrs:
             for r in track_gaps(cfg, params0, eps, labels, rows, held, lr, args.steps, args.eval_every, name="branch"):
                 table.append(
@@ -240,6 +305,11 @@ def main() -> None:
         f"(0 when reused). Gap = loss with the swapped label − with the true label (± paired SE) on up to "
         f"{EVAL_WINDOWS} windows of the {len(held_scenes)} held-out scenes and of the training scenes, fine-tuning "
         f"from the same SFT checkpoint with the preset's optimiser at batch {cfg.finetune.batch_size}.\n\n"
+        + f"What the run's own {len(rollouts)} rollouts say about the outcome, by decision point q (probes: "
+        "L2-logistic, 5-fold, held-out AUC; the positive control of `token_learnability` moves every action dim by "
+        "0.2 of its range between its two labels):\n\n"
+        + markdown_table(SIGNAL_HEADER, signal)
+        + "\n\nBranched labels, label-swap gap while fine-tuning:\n\n"
         + (
             markdown_table(["lr", "step", "train loss", "held-out gap", "in-sample gap", "train windows", "s"], table)
             if table

@@ -73,3 +73,12 @@ def test_prefix_difference_reads_up_to_the_branch_observation():
     assert bc.prefix_difference(eps, 2, 24) == 0.0
     b[24] = 0.5
     assert bc.prefix_difference(eps, 2, 24) == 0.5
+
+
+def test_probe_auc_is_held_out():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = (x[:, 0] + 0.3 * rng.normal(size=200) > 0).astype(np.float64)
+    assert bc._ridge_logistic_auc(x, y, np.arange(200)) > 0.9  # a linear signal is found on held-out rows
+    noise = rng.normal(size=(200, 50))
+    assert abs(bc._ridge_logistic_auc(noise, y, np.arange(200)) - 0.5) < 0.15  # no signal, no in-sample fit shown
