@@ -80,7 +80,8 @@ def scene_plan(seed: int, scenes: int, q_choices: tuple[int, ...]) -> np.ndarray
 def collect_branches(cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int) -> tuple[dict, dict]:
     """Plays every scene ``k`` times (see the module docstring) into ``run/branch/store``; ids ``s·k + b``.
 
-    Returns ({episode_id: Episode}, {"prefix_max_abs_diff": float, "policy": str, "seconds": float})."""
+    A store written with other settings (branches, branch points, policy) is refused: its ids would mean other
+    plays. Returns ({episode_id: Episode}, {"policy": str, "seconds": float})."""
     import jax
 
     from experiments import collect, common, glue
@@ -92,11 +93,19 @@ def collect_branches(cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int
         raise ValueError(f"--num-envs {num_envs} must be a multiple of --branches {k}")
     marker = common.read_json(run / collect.stage_name(0) / common.MARKER)
     step = int(marker["outputs"]["checkpoint_step"])
+    settings = {"branches": k, "policy_step": step, "seed": int(cfg.seed), "branch_q": branch_q.tolist()}
+    saved = run / "branch" / "settings.json"
+    if saved.exists():
+        old = common.read_json(saved)
+        n = min(len(old["branch_q"]), len(branch_q))
+        if {**old, "branch_q": old["branch_q"][:n]} != {**settings, "branch_q": settings["branch_q"][:n]}:
+            raise ValueError(f"{saved}: the branched store there was made with other settings; move {saved.parent}")
     params = glue.load_policy(run / "sft", glue.policy_config(cfg), step)
     act, rtc = glue.policy_act(params)
     bact = BranchedAct(act, int(cfg.env.replan_every))
     env = glue.make_env(cfg)
     store = EpisodeStore(run / "branch" / "store", create=True)
+    common.atomic_write_json(saved, settings)
     have = set(store.episode_ids())
     key = jax.random.fold_in(jax.random.key(cfg.seed), NAMESPACE)
     ids0 = np.asarray(ByteTokenizer().encode(glue.INSTRUCTION)[0], np.int32).reshape(1, -1)  # as collection's
@@ -273,7 +282,7 @@ def main() -> None:
         f"{counts['mixed_success']}/{counts['groups']} ({counts['mixed_success'] / counts['groups']:.1%}); labelled "
         f"groups {counts['labelled_groups']} ({counts['high']} high, {counts['low']} low windows"
         f"{', successes ranked by length' if args.speed else ''}). By branch point q: "
-        + ", ".join(f"q={q}: {m}/{g}" for q, (g, m) in sorted(counts["by_q"].items()))
+        + ", ".join(f"q={q}: {m}/{g}" for q, (g, m) in sorted(counts.get("by_q", {}).items()))
         + "."
     )
     print(summary, flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import branch_credit as bc
 from recap_jax.data import Episode
@@ -82,3 +83,19 @@ def test_probe_auc_is_held_out():
     assert bc._ridge_logistic_auc(x, y, np.arange(200)) > 0.9  # a linear signal is found on held-out rows
     noise = rng.normal(size=(200, 50))
     assert abs(bc._ridge_logistic_auc(noise, y, np.arange(200)) - 0.5) < 0.15  # no signal, no in-sample fit shown
+
+
+def test_a_store_of_other_settings_is_refused(tmp_path):
+    """Branched ids s·K + b mean other plays under another K, branch plan or policy: reusing them is refused
+    before anything is loaded or compiled."""
+    from experiments import common
+
+    run = tmp_path / "run"
+    (run / "collect").mkdir(parents=True)
+    common.atomic_write_json(run / "collect" / common.MARKER, {"outputs": {"checkpoint_step": 5}})
+    common.atomic_write_json(
+        run / "branch" / "settings.json", {"branches": 4, "policy_step": 5, "seed": 0, "branch_q": [1, 2]}
+    )
+    cfg = type("Cfg", (), {"seed": 0})()
+    with pytest.raises(ValueError, match="other settings"):
+        bc.collect_branches(cfg, run, np.array([1, 3]), 4, 8)
