@@ -61,6 +61,7 @@ class BranchedAct:
 
     act: Callable
     ta: int
+    temperature: float = 1.0  # the branch point's noise_scale (policy.sample_actions); 1 = the trained sampler
 
     def __call__(self, params, obs, prompt_ids, key, *, beta, branch_q, branch_id, **kwargs):
         import jax
@@ -69,6 +70,8 @@ class BranchedAct:
         hit = (obs["t"] // self.ta == branch_q)[0]
         branched = jax.random.fold_in(key, BRANCH_FOLD + branch_id[0])
         data = jnp.where(hit, jax.random.key_data(branched), jax.random.key_data(key))
+        if self.temperature != 1.0:
+            kwargs["noise_scale"] = jnp.where(hit, jnp.float32(self.temperature), jnp.float32(1.0))
         return self.act(params, obs, prompt_ids, jax.random.wrap_key_data(data), beta=beta, **kwargs)
 
 
@@ -77,8 +80,16 @@ def scene_plan(seed: int, scenes: int, q_choices: tuple[int, ...]) -> np.ndarray
     return np.random.default_rng(seed + 17).choice(np.asarray(q_choices, np.int32), size=scenes)
 
 
-def collect_branches(cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int) -> tuple[dict, dict]:
-    """Plays every scene ``k`` times (see the module docstring) into ``run/branch/store``; ids ``s·k + b``.
+def branch_dir(run: Path, temperature: float) -> Path:
+    """Where the branched plays are kept: ``run/branch`` (temperature 1) or ``run/branch_T<temperature>``."""
+    return run / ("branch" if temperature == 1.0 else f"branch_T{temperature:g}")
+
+
+def collect_branches(
+    cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int, temperature: float = 1.0
+) -> tuple[dict, dict]:
+    """Plays every scene ``k`` times (see the module docstring) into ``branch_dir(run, temperature)/store``; ids
+    ``s·k + b``. ``temperature`` scales the flow noise of the branch point's chunk only.
 
     A store written with other settings (branches, branch points, policy) is refused: its ids would mean other
     plays. Returns ({episode_id: Episode}, {"policy": str, "seconds": float})."""
@@ -94,7 +105,7 @@ def collect_branches(cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int
     marker = common.read_json(run / collect.stage_name(0) / common.MARKER)
     step = int(marker["outputs"]["checkpoint_step"])
     settings = {"branches": k, "policy_step": step, "seed": int(cfg.seed), "branch_q": branch_q.tolist()}
-    saved = run / "branch" / "settings.json"
+    saved = branch_dir(run, temperature) / "settings.json"
     if saved.exists():
         old = common.read_json(saved)
         n = min(len(old["branch_q"]), len(branch_q))
@@ -102,9 +113,9 @@ def collect_branches(cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int
             raise ValueError(f"{saved}: the branched store there was made with other settings; move {saved.parent}")
     params = glue.load_policy(run / "sft", glue.policy_config(cfg), step)
     act, rtc = glue.policy_act(params)
-    bact = BranchedAct(act, int(cfg.env.replan_every))
+    bact = BranchedAct(act, int(cfg.env.replan_every), float(temperature))
     env = glue.make_env(cfg)
-    store = EpisodeStore(run / "branch" / "store", create=True)
+    store = EpisodeStore(saved.parent / "store", create=True)
     common.atomic_write_json(saved, settings)
     have = set(store.episode_ids())
     key = jax.random.fold_in(jax.random.key(cfg.seed), NAMESPACE)
@@ -150,7 +161,7 @@ def collect_branches(cfg, run: Path, branch_q: np.ndarray, k: int, num_envs: int
     eps = {e.episode_id: e for e in store.iter_episodes() if e.episode_id < scenes * k}
     missing = scenes * k - len(eps)
     if missing:
-        raise ValueError(f"{run / 'branch' / 'store'}: {missing} branched episodes missing after collection")
+        raise ValueError(f"{saved.parent / 'store'}: {missing} branched episodes missing after collection")
     return eps, {"policy": f"sft@{step}", "seconds": time.perf_counter() - t0}
 
 
@@ -244,6 +255,28 @@ def action_signal(rollouts, span: np.ndarray, ta: int, chunk: int) -> list[list]
     return rows
 
 
+def branch_contrast(eps: dict, labels: dict, span: np.ndarray, ta: int, chunk: int, k: int) -> tuple[float, float]:
+    """Over the labelled groups, in units of each action dim's range: the rms within-group spread of the branch
+    point's chunk, and the rms of (mean high chunk − mean low chunk), each chunk centred on its group's mean."""
+    centred, high = [], []
+    for s in range(len(eps) // k):
+        group = [eps[s * k + b] for b in range(k)]
+        labs = [labels[e.episode_id] for e in group]
+        if not any((lab >= 0).any() for lab in labs):
+            continue
+        q = int(group[0].tags["branch_q"])
+        if any(len(e.actions) < q * ta + chunk for e in group):  # a play ended inside the chunk: left out
+            continue
+        acts = np.stack([e.actions[q * ta : q * ta + chunk] / span for e in group])
+        centred.extend(acts - acts.mean(0))
+        high.extend(lab[q] for lab in labs)
+    if not centred:
+        return float("nan"), float("nan")
+    x, h = np.stack(centred), np.asarray(high)
+    d = x[h == 1].mean(0) - x[h == 0].mean(0) if (h == 1).any() and (h == 0).any() else np.full(x.shape[1:], np.nan)
+    return float(np.sqrt(np.mean(x**2))), float(np.sqrt(np.mean(d**2)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a study run directory with its collection stage done")
@@ -253,6 +286,7 @@ def main() -> None:
     ap.add_argument("--q", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="decision points to branch at")
     ap.add_argument("--holdout", type=float, default=0.2, help="fraction of scenes whose windows are held out")
     ap.add_argument("--speed", action="store_true", help="also rank successes by episode length (faster = high)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="noise scale of the branch point's chunk")
     ap.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 2e-3])
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--eval-every", type=int, default=400)
@@ -267,7 +301,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     k, ta = args.branches, int(cfg.env.replan_every)
     branch_q = scene_plan(cfg.seed, args.scenes, tuple(args.q))
-    eps, info = collect_branches(cfg, args.run, branch_q, k, args.num_envs)
+    eps, info = collect_branches(cfg, args.run, branch_q, k, args.num_envs, args.temperature)
     diff = prefix_difference(eps, k, ta)
     labels, counts = group_labels(eps, k, ta, int(cfg.env.episode_length), args.speed)
     rng = np.random.default_rng(cfg.seed + 23)
@@ -275,8 +309,9 @@ def main() -> None:
     held = {eid for eid in eps if eid // k in held_scenes}
     rows = [(eid, int(np.flatnonzero(lab >= 0)[0])) for eid, lab in sorted(labels.items()) if (lab >= 0).any()]
     success = float(np.mean([e.success for e in eps.values()]))
+    temp = "" if args.temperature == 1.0 else f", the branch point's chunk sampled at noise scale {args.temperature:g}"
     summary = (
-        f"{args.scenes} scenes × {k} branches from `{info['policy']}` (success {success:.1%} over all plays); "
+        f"{args.scenes} scenes × {k} branches from `{info['policy']}`{temp} (success {success:.1%} over all plays); "
         f"branch points q ∈ {sorted(set(args.q))}; plays of a scene agree up to their branch point to "
         f"{diff:.1e} (max |state difference|). Groups whose plays disagree on success: "
         f"{counts['mixed_success']}/{counts['groups']} ({counts['mixed_success'] / counts['groups']:.1%}); labelled "
@@ -293,6 +328,13 @@ def main() -> None:
     rollouts = [e for e in EpisodeStore(args.run / "rollouts").iter_episodes() if e.tags.get("kind") == "rollout"]
     signal = action_signal(rollouts, span, ta, params0.config.chunk)
     print(markdown_table(SIGNAL_HEADER, signal), flush=True)
+    spread, diff = branch_contrast(eps, labels, span, ta, params0.config.chunk, k)
+    contrast = (
+        f" At the branch points, the chunks of a group spread by {spread:.4f} of each action's range (rms within "
+        f"groups) and the high chunks differ from the low ones by {diff:.4f} (rms of the mean difference)."
+    )
+    print(contrast, flush=True)
+    summary += contrast
     table = []
     if rows:
         for lr in args.lrs:

@@ -487,6 +487,7 @@ def sample_actions(
     prefix_valid: jax.Array | None = None,
     prompt_mask: jax.Array | None = None,
     uncond_mask: jax.Array | None = None,
+    noise_scale: float = 1.0,
 ) -> jax.Array:
     """Samples a chunk of absolute actions with ``config.num_steps`` Euler steps (σ: 1 → 0).
 
@@ -511,6 +512,9 @@ def sample_actions(
       prefix_valid: optional bool [B]: rows where it is False ignore ``prefix`` and sample plainly (a
         batch mixing first queries of an episode with later ones). None = every row uses the prefix.
       prompt_mask / uncond_mask: bool [B, L]; default ids != PAD.
+      noise_scale: multiplies the σ = 1 draw, a sampling temperature: > 1 spreads the chunks the policy
+        samples, e.g. for more diverse collection. A Python number (1, the default, is the trained sampler and
+        adds no operation) or a traced float scalar or [B].
 
     Returns: float32 [B, H, 36] absolute actions.
     """
@@ -518,7 +522,7 @@ def sample_actions(
         _check_prefix(params.config, prefix, prompt_ids.shape[0])
     pn = None if prefix is None else normalize_actions(params, prefix)
     actions, _ = _sample(
-        params, obs, prompt_ids, key, beta, uncond_ids, prefix, pn, prefix_valid, prompt_mask, uncond_mask
+        params, obs, prompt_ids, key, beta, uncond_ids, prefix, pn, prefix_valid, prompt_mask, uncond_mask, noise_scale
     )
     return actions
 
@@ -535,6 +539,7 @@ def sample_actions_rtc(
     prev_valid: jax.Array | None = None,
     prompt_mask: jax.Array | None = None,
     uncond_mask: jax.Array | None = None,
+    noise_scale: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
     """One closed-loop query with real-time chunking as ``config.rtc`` says: the act of the rollout
     (``recap_jax.rollout.run_wave(rtc=True)``) and of the policy server, one code path for both.
@@ -546,7 +551,7 @@ def sample_actions_rtc(
     Rows with ``prev_valid`` False (the first query of an episode) sample plainly.
 
     Args:
-      params, obs, prompt_ids, key, beta, uncond_ids, prompt_mask, uncond_mask: as ``sample_actions``.
+      params, obs, prompt_ids, key, beta, uncond_ids, prompt_mask, uncond_mask, noise_scale: as ``sample_actions``.
       prev_chunk: float [B, H, 36] the second output of this function at the previous query, or None
         (every row is a first query).
       prev_valid: bool [B] rows whose ``prev_chunk`` is real (None = all, when ``prev_chunk`` is given).
@@ -558,15 +563,21 @@ def sample_actions_rtc(
     if prev_chunk is None:
         if prev_valid is not None:
             raise ValueError("prev_valid needs prev_chunk")
-        return _sample(params, obs, prompt_ids, key, beta, uncond_ids, None, None, None, prompt_mask, uncond_mask)
+        return _sample(
+            params, obs, prompt_ids, key, beta, uncond_ids, None, None, None, prompt_mask, uncond_mask, noise_scale
+        )
     b, h, a = prompt_ids.shape[0], cfg.chunk, cfg.action_dim
     if prev_chunk.shape != (b, h, a):
         raise ValueError(f"prev_chunk must be [{b}, {h}, {a}] (the previous normalised chunk), got {prev_chunk.shape}")
     if cfg.rtc == "off" or cfg.execute == cfg.chunk:  # no prefix (d = 0): plain sampling
-        return _sample(params, obs, prompt_ids, key, beta, uncond_ids, None, None, None, prompt_mask, uncond_mask)
+        return _sample(
+            params, obs, prompt_ids, key, beta, uncond_ids, None, None, None, prompt_mask, uncond_mask, noise_scale
+        )
     pn = jnp.asarray(prev_chunk, jnp.float32)[:, cfg.execute :]
     pa = unnormalize_actions(params, pn)
-    return _sample(params, obs, prompt_ids, key, beta, uncond_ids, pa, pn, prev_valid, prompt_mask, uncond_mask)
+    return _sample(
+        params, obs, prompt_ids, key, beta, uncond_ids, pa, pn, prev_valid, prompt_mask, uncond_mask, noise_scale
+    )
 
 
 def _check_prefix(cfg: PolicyConfig, prefix: jax.Array, b: int) -> None:
@@ -578,7 +589,18 @@ def _check_prefix(cfg: PolicyConfig, prefix: jax.Array, b: int) -> None:
 
 
 def _sample(
-    params, obs, prompt_ids, key, beta, uncond_ids, prefix, prefix_norm, prefix_valid, prompt_mask, uncond_mask
+    params,
+    obs,
+    prompt_ids,
+    key,
+    beta,
+    uncond_ids,
+    prefix,
+    prefix_norm,
+    prefix_valid,
+    prompt_mask,
+    uncond_mask,
+    noise_scale: float = 1.0,
 ):
     """The sampler behind ``sample_actions`` / ``sample_actions_rtc``: ``prefix`` f32[B, P, A] absolute and
     ``prefix_norm`` the same normalised (both or neither). Returns (absolute f32[B, H, A], normalised
@@ -626,6 +648,13 @@ def _sample(
 
     dim_mask = jnp.asarray(cfg.action_dim_mask())
     noise = jax.random.normal(key, (b, h, a), jnp.float32)
+    if isinstance(noise_scale, int | float):
+        if noise_scale <= 0:
+            raise ValueError(f"noise_scale must be positive, got {noise_scale}")
+        if noise_scale != 1.0:
+            noise = noise * noise_scale
+    else:  # traced: a scalar or one scale per row
+        noise = noise * jnp.reshape(jnp.asarray(noise_scale, jnp.float32), (-1, 1, 1))
     row_ok = jnp.ones((b,), bool) if prefix_valid is None else jnp.asarray(prefix_valid, bool)
     inpaint = prefix is not None and cfg.rtc == "inpaint"
     if inpaint:

@@ -44,6 +44,27 @@ def test_branched_key_changes_only_at_the_branch_point():
     assert hash(bact) == hash(bc.BranchedAct(act, 24))  # a usable static argument
 
 
+def test_branch_temperature_scales_only_the_branch_point():
+    scales = []
+
+    def act(params, obs, prompt_ids, key, *, beta, noise_scale=1.0, **kw):
+        scales.append(float(noise_scale))
+        return jnp.zeros((1, 30, 36))
+
+    bact = bc.BranchedAct(act, 24, temperature=2.5)
+    for t in (0, 24, 48):
+        bact(
+            None,
+            {"t": jnp.array([t])},
+            None,
+            jax.random.key(0),
+            beta=1.0,
+            branch_q=jnp.array([1]),
+            branch_id=jnp.array([0]),
+        )
+    assert scales == [1.0, 2.5, 1.0]
+
+
 def test_group_labels_mark_only_disagreeing_groups_at_their_branch_point():
     k = 2
     eps = {
