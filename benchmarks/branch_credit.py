@@ -165,13 +165,18 @@ def collect_branches(
     return eps, {"policy": f"sft@{step}", "seconds": time.perf_counter() - t0}
 
 
+def _groups(eps: dict, k: int):
+    """Yields (branch point q, the scene's k plays in branch order) for each scene of a branched store."""
+    for s in range(len(eps) // k):
+        group = [eps[s * k + b] for b in range(k)]
+        yield int(group[0].tags["branch_q"]), group
+
+
 def prefix_difference(eps: dict, k: int, ta: int) -> float:
     """The largest |state difference| between the branches of a scene up to and including their branch point's
     observation (0 when the plays are exactly common up to there)."""
     worst = 0.0
-    for s in range(len(eps) // k):
-        group = [eps[s * k + b] for b in range(k)]
-        q = int(group[0].tags["branch_q"])
+    for q, group in _groups(eps, k):
         n = min(q * ta + 1, *(e.n_steps for e in group))
         ref = group[0].states[:n]
         for e in group[1:]:
@@ -179,12 +184,10 @@ def prefix_difference(eps: dict, k: int, ta: int) -> float:
     return worst
 
 
-def group_labels(eps: dict, k: int, ta: int, episode_length: int, speed: bool) -> tuple[dict, dict]:
+def group_labels(eps: dict, k: int, episode_length: int, speed: bool) -> tuple[dict, dict]:
     """Labels at each scene's branch point: {episode_id: int8 [Q_e]} (−1 except at q_s), and counts."""
     labels, counts = {}, {"groups": len(eps) // k, "mixed_success": 0, "labelled_groups": 0, "high": 0, "low": 0}
-    for s in range(len(eps) // k):
-        group = [eps[s * k + b] for b in range(k)]
-        q = int(group[0].tags["branch_q"])
+    for q, group in _groups(eps, k):
         succ = np.array([e.success for e in group], np.float64)
         score = succ * (2.0 - np.array([e.n_steps for e in group]) / episode_length) if speed else succ
         alive = all(q < len(e.image_steps) for e in group)  # every play reached its branch point
@@ -259,12 +262,10 @@ def branch_contrast(eps: dict, labels: dict, span: np.ndarray, ta: int, chunk: i
     """Over the labelled groups, in units of each action dim's range: the rms within-group spread of the branch
     point's chunk, and the rms of (mean high chunk − mean low chunk), each chunk centred on its group's mean."""
     centred, high = [], []
-    for s in range(len(eps) // k):
-        group = [eps[s * k + b] for b in range(k)]
+    for q, group in _groups(eps, k):
         labs = [labels[e.episode_id] for e in group]
         if not any((lab >= 0).any() for lab in labs):
             continue
-        q = int(group[0].tags["branch_q"])
         if any(len(e.actions) < q * ta + chunk for e in group):  # a play ended inside the chunk: left out
             continue
         acts = np.stack([e.actions[q * ta : q * ta + chunk] / span for e in group])
@@ -302,8 +303,8 @@ def main() -> None:
     k, ta = args.branches, int(cfg.env.replan_every)
     branch_q = scene_plan(cfg.seed, args.scenes, tuple(args.q))
     eps, info = collect_branches(cfg, args.run, branch_q, k, args.num_envs, args.temperature)
-    diff = prefix_difference(eps, k, ta)
-    labels, counts = group_labels(eps, k, ta, int(cfg.env.episode_length), args.speed)
+    prefix_diff = prefix_difference(eps, k, ta)
+    labels, counts = group_labels(eps, k, int(cfg.env.episode_length), args.speed)
     rng = np.random.default_rng(cfg.seed + 23)
     held_scenes = set(rng.permutation(args.scenes)[: round(args.holdout * args.scenes)].tolist())
     held = {eid for eid in eps if eid // k in held_scenes}
@@ -313,7 +314,7 @@ def main() -> None:
     summary = (
         f"{args.scenes} scenes × {k} branches from `{info['policy']}`{temp} (success {success:.1%} over all plays); "
         f"branch points q ∈ {sorted(set(args.q))}; plays of a scene agree up to their branch point to "
-        f"{diff:.1e} (max |state difference|). Groups whose plays disagree on success: "
+        f"{prefix_diff:.1e} (max |state difference|). Groups whose plays disagree on success: "
         f"{counts['mixed_success']}/{counts['groups']} ({counts['mixed_success'] / counts['groups']:.1%}); labelled "
         f"groups {counts['labelled_groups']} ({counts['high']} high, {counts['low']} low windows"
         f"{', successes ranked by length' if args.speed else ''}). By branch point q: "
@@ -328,10 +329,10 @@ def main() -> None:
     rollouts = [e for e in EpisodeStore(args.run / "rollouts").iter_episodes() if e.tags.get("kind") == "rollout"]
     signal = action_signal(rollouts, span, ta, params0.config.chunk)
     print(markdown_table(SIGNAL_HEADER, signal), flush=True)
-    spread, diff = branch_contrast(eps, labels, span, ta, params0.config.chunk, k)
+    spread, high_low = branch_contrast(eps, labels, span, ta, params0.config.chunk, k)
     contrast = (
         f" At the branch points, the chunks of a group spread by {spread:.4f} of each action's range (rms within "
-        f"groups) and the high chunks differ from the low ones by {diff:.4f} (rms of the mean difference)."
+        f"groups) and the high chunks differ from the low ones by {high_low:.4f} (rms of the mean difference)."
     )
     print(contrast, flush=True)
     summary += contrast

@@ -17,7 +17,7 @@ if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
 
 
-def _jaxlib_minor() -> tuple[int, int]:
+def _jaxlib_version() -> tuple[int, int]:
     from importlib.metadata import version
 
     major, minor = version("jaxlib").split(".")[:2]
@@ -28,7 +28,7 @@ def _jaxlib_minor() -> tuple[int, int]:
 # step pair with 25-29% less CPU (60-63 -> 45 s) and the tiny policy's train step with 29% less (11.9 -> 8.5 s),
 # run at the same speed and gave bit-identical states and losses (2026-12-04, jaxlib 0.10.2). Only where it was
 # measured: XLA aborts the process on a flag it does not know, and later jaxlibs may drop this one.
-if "xla_cpu_use_fusion_emitters" not in _flags and _jaxlib_minor() == (0, 10):
+if "xla_cpu_use_fusion_emitters" not in _flags and _jaxlib_version() == (0, 10):
     _flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 
@@ -39,17 +39,18 @@ _platform.enable_compilation_cache()
 # The longest test files first. `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: each file goes
 # whole to one of two workers in collection order (xdist's default reorder sorts files by test count, which sent
 # the two-test smoke file last), so a long file taken late (test_experiments_smoke.py runs make demo's demos, SFT
-# and collection: ~11 minutes cold) would run alone after the other worker is done. The next ones are the
-# slowest cold files (2026-12-04, seconds): the remaining files are short and even out the two workers' ends.
+# and collection: ~10 minutes cold) would run alone after the other worker is done. The next ones are the
+# slowest cold files (2026-12-04, seconds, with the flags above): the remaining files are short and even out the
+# two workers' ends.
 LONGEST_FIRST = (
-    "test_experiments_smoke.py",  # 680
-    "test_serve_evaluate.py",  # 105
-    "test_expert.py",  # 130
-    "test_env.py",  # 127
-    "test_policy.py",  # 126
-    "test_wrappers.py",  # 74
-    "test_system0.py",  # 58
-    "test_psi0_policy.py",  # 46
+    "test_experiments_smoke.py",  # 602
+    "test_serve_evaluate.py",  # 136
+    "test_expert.py",  # 102
+    "test_env.py",  # 92
+    "test_policy.py",  # 76
+    "test_wrappers.py",  # 72
+    "test_system0.py",  # 49
+    "test_psi0_policy.py",  # 23
 )
 
 

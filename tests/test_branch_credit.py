@@ -75,14 +75,14 @@ def test_group_labels_mark_only_disagreeing_groups_at_their_branch_point():
         4: _episode(4, False, 30, 3),  # scene 2: ended before its branch point q = 3
         5: _episode(5, True, 216, 3),
     }
-    labels, counts = bc.group_labels(eps, k, 24, 216, speed=False)
+    labels, counts = bc.group_labels(eps, k, 216, speed=False)
     assert labels[0].tolist() == [-1, 1, -1, -1, -1] and labels[1].tolist()[1] == 0
     assert (labels[1] >= 0).sum() == 1
     assert all((labels[i] < 0).all() for i in (2, 3, 4, 5))
     assert counts["by_q"] == {1: [1, 1], 2: [1, 0], 3: [1, 0]}  # [groups, groups whose plays disagree]
     del counts["by_q"]
     assert counts == {"groups": 3, "mixed_success": 1, "labelled_groups": 1, "high": 1, "low": 1}
-    labels, counts = bc.group_labels(eps, k, 24, 216, speed=True)
+    labels, counts = bc.group_labels(eps, k, 216, speed=True)
     assert labels[2][2] == 1 and labels[3][2] == 0  # the faster success is the high one
     assert counts["labelled_groups"] == 2 and counts["mixed_success"] == 1
 
