@@ -7,6 +7,10 @@ screened on its own key namespace (neither collection's nor evaluation's) and th
 rate lies in ``collect.target_rate`` (closest to the band's centre; else closest to the band) is used.
 The chosen step and its screened rate are recorded in ``DIR/collect/stage.json``.
 
+``collect.temperatures`` with more than one entry collects mixed-quality data: episode ``first + j`` samples every
+chunk at temperature ``temperatures[j % K]`` (``policy.sample_actions``' noise_scale; tag ``temperature``), and
+``stage.json`` counts successes per temperature.
+
 Iteration k > 0 (the π*0.6 loop) collects with the latest RECAP policy prompted ``advantage: high``.
 Episodes go to ``DIR/rollouts/`` (ids ``k·episodes …``, tags ``policy`` and ``iteration``).
 """
@@ -82,26 +86,37 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
     first = it * cfg.collect.episodes
     seed, namespace = glue.key_space(cfg, "collect", it)
     act, rtc = glue.policy_act(params)
-    stats = rollout.collect(
-        env,
-        act,
-        params,
-        store,
-        cfg.collect.episodes,
+    n, temps = cfg.collect.episodes, tuple(float(t) for t in cfg.collect.temperatures)
+    tags = {"kind": "rollout", "policy": source, "iteration": it}
+    common_kw = dict(
         prompt=glue.INSTRUCTION,
         prompt_ids=prompt_ids,
         seed=seed,
         namespace=namespace,
-        first_id=first,
         num_envs=cfg.collect.num_envs,
         ta=cfg.env.replan_every,
-        tags={"kind": "rollout", "policy": source, "iteration": it},
         rtc=rtc,
     )
+    if temps == (1.0,):  # the trained sampler: the program without a noise_scale input
+        collected = rollout.collect(env, act, params, store, n, first_id=first, tags=tags, **common_kw)
+    else:  # episode first + j plays at temps[j % K]; one program for all K (the scale is a traced input)
+        collected = {"collected": 0}
+        for k, temp in enumerate(temps):
+            ids = [first + j for j in range(k, n, len(temps))]
+            print(f"  temperature {temp:g}: {len(ids)} episodes", flush=True)
+            scale = {"noise_scale": np.full((cfg.collect.num_envs,), temp, np.float32)}
+            collected["collected"] += rollout.collect(
+                env, act, params, store, len(ids), episode_ids=ids, act_kwargs=scale,
+                tags={**tags, "temperature": temp}, **common_kw,
+            )["collected"]  # fmt: skip
     eps = [e for e in store.iter_episodes() if first <= e.episode_id < first + cfg.collect.episodes]
     succ = np.array([e.success for e in eps])
     lo, hi = cfg.collect.target_rate
     rate = float(succ.mean()) if succ.size else float("nan")
+    by_temp = {}
+    for temp in temps:
+        s = np.array([e.success for e in eps if float(e.tags.get("temperature", 1.0)) == temp])
+        by_temp[f"{temp:g}"] = {"episodes": int(s.size), "successes": int(s.sum())}
     return {
         "iteration": it,
         "policy": source,
@@ -113,7 +128,8 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         "in_headroom_band": bool(lo <= rate <= hi),
         "target_rate": [lo, hi],
         "first_id": first,
-        "collected_now": stats["collected"],
+        "collected_now": collected["collected"],
+        "temperatures": by_temp,
     }
 
 

@@ -56,8 +56,20 @@ def _default(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.asdict(x)
+        return _marker_dict(x)
     return str(x)
+
+
+def _marker_dict(x: Any) -> dict:
+    """``dataclasses.asdict`` without the fields marked ``metadata={"marker": "omit_default"}`` that hold their
+    default: a setting added later leaves the markers of runs made before it valid."""
+    out = {}
+    for f in dataclasses.fields(x):
+        v = getattr(x, f.name)
+        if f.metadata.get("marker") == "omit_default" and v == f.default:
+            continue
+        out[f.name] = _marker_dict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
+    return json.loads(json.dumps(out, default=_default))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,6 +14,9 @@ The presets, one per scale:
 * ``cpu_power`` — the ``cpu`` recipe with the power to answer the question on a 2-core CPU: 384
   rollouts, a state-and-clock value function, 512 paired evaluation episodes for each compared condition,
   in at most ~100 minutes per seed (run two seeds with ``experiments.seeds``).
+* ``cpu_power_mixed`` — ``cpu_power`` on mixed-quality rollouts: every other rollout samples its chunks at
+  temperature 1.5 (exploration noise), fine-tuned at lr 2e-3: data in which the advantage token has something
+  to read.
 * ``gpu``   — the ``cpu_power`` recipe with 512 rollouts and 1024 paired evaluation episodes per compared
   condition, the whole study in one ~9-minute device call on one H100/H200 (sized for the 15
   device-minutes a session gets).
@@ -91,6 +94,10 @@ class CollectSettings:
     num_envs: int = 100
     target_rate: tuple[float, float] = (0.25, 0.60)  # headroom band for the collection checkpoint
     screen_episodes: int = 0  # episodes per candidate checkpoint when screening (0: no screening)
+    # Sampling temperatures of the collection policy (``policy.sample_actions``' noise_scale, every chunk of an
+    # episode): episode i plays at temperatures[i % len]. (1.0,) is the trained sampler (the paper's on-policy
+    # rollouts); more than one gives mixed-quality data. Left out of stage markers at its default.
+    temperatures: tuple[float, ...] = field(default=(1.0,), metadata={"marker": "omit_default"})
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,9 @@ class StudyConfig:
             raise ValueError(f"labels.positive_fraction must be in (0, 1), got {self.labels.positive_fraction}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        temps = self.collect.temperatures
+        if not temps or not all(isinstance(t, int | float) and t > 0 for t in temps):
+            raise ValueError(f"collect.temperatures must be a non-empty tuple of positive numbers, got {temps!r}")
         if dict(self.policy).get("loss_reduction") not in ("mean", "psi0"):
             raise ValueError(
                 "policy overrides must name the training loss: ('loss_reduction', 'mean' | 'psi0'), got "
@@ -447,6 +457,25 @@ CPU_POWER = StudyConfig(
     ),
 )
 
+# ---- cpu_power_mixed: cpu_power on mixed-quality rollouts (issue 23) ----------------------------------------
+# On cpu_power's on-policy rollouts the token is not learned, at lr 3e-4 or 2e-3: with common random numbers only
+# the first chunk flips an outcome, and successful and failed chunks differ by 1/60 of what the token can read
+# (benchmarks RESULTS branch_credit, token_learnability). This preset asks whether it is learned, and whether it
+# helps, when the rollouts' quality varies with something the actions show: every other rollout samples all its
+# chunks at temperature 1.5 (the flow noise scaled by 1.5, as exploration noise would; from seed 0's SFT@3000,
+# 50% success at 1.0, 2/96 at 1.5) and fine-tuning runs at the recipe's SFT learning rate, 2e-3 (labels that
+# mark the temperature-1.5 windows, 64 + 64 episodes: held-out label-swap gap +3.1e-3 +- 1.0e-3 after 1000 steps
+# at 2e-3, +4e-4 +- 2.8e-4 after 3000 at 3e-4; RESULTS mixed_quality). Everything else, the evaluation at
+# temperature 1 included, is cpu_power's, so a run can reuse cpu_power's demos/ and sft/ stages.
+CPU_POWER_MIXED = dataclasses.replace(
+    CPU_POWER,
+    name="cpu_power_mixed",
+    description="cpu_power on mixed-quality rollouts: every other one sampled at temperature 1.5; fine-tuning lr 2e-3",
+    collect=dataclasses.replace(CPU_POWER.collect, temperatures=(1.0, 1.5)),
+    finetune=dataclasses.replace(CPU_POWER.finetune, learning_rate=2e-3),
+    budget=CPU_POWER.budget + "; rollouts alternate temperatures 1.0 and 1.5 (one program)",
+)
+
 # ---- gpu: the cpu_power recipe at 1024 paired episodes per condition, in one ~9-minute device call ----------
 # Design. The first H100 run (results/gpu_h100_2026-11-23, preset at commit 0305770: small 43 M policy, clean
 # demos, 96x160 camera, level-1 randomisation, 400-step episodes) had no headroom (SFT 1.6-3.1%). The recipe that has
@@ -525,7 +554,9 @@ PSI0 = dataclasses.replace(
     budget="paper scale with Ψ0's 2.6 B-parameter policy; one 80 GB GPU (benchmarks/RESULTS.md § psi0_memory)",
 )
 
-PRESETS: dict[str, StudyConfig] = {c.name: c for c in (SMOKE, DEMO, CPU, CPU_LONG, CPU_POWER, GPU, PAPER, PSI0)}
+PRESETS: dict[str, StudyConfig] = {
+    c.name: c for c in (SMOKE, DEMO, CPU, CPU_LONG, CPU_POWER, CPU_POWER_MIXED, GPU, PAPER, PSI0)
+}
 
 
 def get_preset(name: str) -> StudyConfig:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -415,8 +415,10 @@ def collect(
     progress: bool = True,
     rtc: bool = False,
     frames: str = "decision",
+    episode_ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Collects episodes ``first_id .. first_id + num_episodes − 1`` into ``store``, one ``append`` per wave.
+    """Collects episodes ``first_id .. first_id + num_episodes − 1`` (or the given ``episode_ids``) into
+    ``store``, one ``append`` per wave.
 
     Ids already in the store are skipped (a restarted collection finishes exactly the missing ones, each
     with its own key), so afterwards the store holds every requested id exactly once.
@@ -429,14 +431,23 @@ def collect(
       prompt: the bare instruction stored with each episode (and tokenised when ``prompt_ids`` is None).
       prompt_ids: int32 [L] (or [1, L]) ids given to the policy, e.g. an advantage-prefixed prompt.
       seed, first_id, namespace: episode i uses ``episode_key(seed, namespace, i)``.
+      episode_ids: the ids to collect, in place of the range (``num_episodes`` and ``first_id`` are then
+        ignored); e.g. every other id of a collection whose halves differ in ``act_kwargs``.
       tags: merged into each episode's tags (``"kind": "rollout"`` by default; add "policy", "iteration").
 
     Returns: {"requested", "skipped", "collected", "successes", "success_rate"} (of the episodes collected now).
     """
-    if num_episodes < 0 or first_id < 0:
-        raise ValueError(f"need num_episodes >= 0 and first_id >= 0, got {num_episodes}, {first_id}")
+    if episode_ids is None:
+        if num_episodes < 0 or first_id < 0:
+            raise ValueError(f"need num_episodes >= 0 and first_id >= 0, got {num_episodes}, {first_id}")
+        wanted = list(range(first_id, first_id + num_episodes))
+    else:
+        wanted = [int(i) for i in episode_ids]
+        if len(set(wanted)) != len(wanted) or any(i < 0 for i in wanted):
+            raise ValueError(f"episode_ids must be distinct and >= 0, got {wanted}")
+        num_episodes = len(wanted)
     have = set(store.episode_ids())
-    todo = [i for i in range(first_id, first_id + num_episodes) if i not in have]
+    todo = [i for i in wanted if i not in have]
     tags = {"seed": seed, **dict(tags or {})}
     bar = _progress(num_episodes, progress, "collect")
     if bar is not None:

@@ -57,6 +57,23 @@ def test_stage_skip_rerun_and_mismatch(tmp_path):
         common.run_stage(tmp_path, "st", {"a": 2}, work, files_fn=files)
 
 
+def test_marker_leaves_out_new_settings_at_their_default(tmp_path):
+    """``collect.temperatures`` at its default is not in a stage marker (markers of older runs stay valid); any
+    other value is, and a change of it is a config mismatch."""
+    cfg = presets.get_preset("smoke")
+    assert "temperatures" not in common._jsonable({"collect": cfg.collect})["collect"]
+    mixed = presets.override(cfg, **{"collect.temperatures": (1.0, 1.1)})
+    assert common._jsonable({"collect": mixed.collect})["collect"]["temperatures"] == [1.0, 1.1]
+    assert common.config_from_dict(mixed.to_dict()) == mixed
+    work = lambda: {}
+    common.run_stage(tmp_path, "st", {"collect": cfg.collect}, work)
+    with pytest.raises(common.StageError, match="different config"):
+        common.run_stage(tmp_path, "st", {"collect": mixed.collect}, work)
+    for bad in ((), (1.0, 0.0), (-1.0,)):
+        with pytest.raises(ValueError, match=r"collect\.temperatures"):
+            presets.override(cfg, **{"collect.temperatures": bad})
+
+
 def test_failed_stage_leaves_no_marker(tmp_path):
     def boom():
         raise RuntimeError("killed")

@@ -98,3 +98,27 @@ def test_stages_use_their_key_space(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         evaluate.evaluate_checkpoint(cfg, tmp_path, step=None, dropout=0.0, label=None, beta=1.0)
     assert seen[-1] == glue.key_space(cfg, "eval")
+
+
+def test_mixed_temperature_collection_interleaves_ids(monkeypatch, tmp_path):
+    """collect.temperatures (1.0, 1.5): episode first + j plays at temperature [1.0, 1.5][j % 2], passed to the
+    policy as a per-env noise_scale and recorded in the tags; the ids of all calls cover the range once."""
+    from types import SimpleNamespace
+
+    cfg = presets.override(presets.get_preset("smoke"), **{"collect.temperatures": (1.0, 1.5)})
+    calls = []
+
+    def fake_collect(env, act, params, store, n, *, episode_ids, act_kwargs, tags, num_envs, **kw):
+        calls.append((list(episode_ids), np.asarray(act_kwargs["noise_scale"]), tags["temperature"], num_envs))
+        return {"collected": len(episode_ids)}
+
+    monkeypatch.setattr(glue, "make_env", lambda cfg: None)
+    monkeypatch.setattr(glue, "load_policy", lambda *a, **k: SimpleNamespace(config=SimpleNamespace(rtc="off")))
+    monkeypatch.setattr(rollout, "collect", fake_collect)
+    out = collect.collect_rollouts(cfg, tmp_path)
+    n = cfg.collect.episodes
+    assert [c[2] for c in calls] == [1.0, 1.5]
+    assert calls[0][0] == list(range(0, n, 2)) and calls[1][0] == list(range(1, n, 2))
+    for _ids, scale, temp, num_envs in calls:
+        assert scale.shape == (num_envs,) and np.all(scale == np.float32(temp))
+    assert out["collected_now"] == n and set(out["temperatures"]) == {"1", "1.5"}

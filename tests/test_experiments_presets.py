@@ -11,7 +11,17 @@ from experiments import presets
 
 
 def test_presets_are_frozen_and_named():
-    assert set(presets.PRESETS) == {"smoke", "demo", "cpu", "cpu_long", "cpu_power", "gpu", "paper", "psi0"}
+    assert set(presets.PRESETS) == {
+        "smoke",
+        "demo",
+        "cpu",
+        "cpu_long",
+        "cpu_power",
+        "cpu_power_mixed",
+        "gpu",
+        "paper",
+        "psi0",
+    }
     for name, cfg in presets.PRESETS.items():
         assert cfg.name == name and cfg.budget
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -189,3 +199,14 @@ def test_presets_name_their_loss_reduction():
         dataclasses.replace(presets.SMOKE, policy=bare)
     with pytest.raises(ValueError, match="loss_reduction"):
         dataclasses.replace(presets.SMOKE, policy=(*bare, ("loss_reduction", "sum")))
+
+
+def test_cpu_power_mixed_differs_from_cpu_power_in_rollout_temperatures_and_finetune_lr():
+    """Same env, demos, SFT, value and evaluation, so a run can reuse cpu_power's demos/ and sft/ stages."""
+    p, m = presets.get_preset("cpu_power"), presets.get_preset("cpu_power_mixed")
+    assert p.collect.temperatures == (1.0,) and len(set(m.collect.temperatures)) == 2 and 1.0 in m.collect.temperatures
+    assert m.finetune.learning_rate == m.sft.learning_rate
+    same = dataclasses.replace(
+        m, name=p.name, description=p.description, budget=p.budget, collect=p.collect, finetune=p.finetune
+    )
+    assert same == p

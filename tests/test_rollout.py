@@ -173,6 +173,21 @@ def test_restart_after_crash_reaches_exact_count(env, collected, tmp_path):
     assert again["collected"] == 0 and len(store) == 10
 
 
+def test_collect_given_ids(env, collected, tmp_path):
+    """``episode_ids`` collects exactly those ids, each with its own key (the same data as the range collection)."""
+    ref = {e.episode_id: e for e in collected[0].load()}
+    store = EpisodeStore(tmp_path / "s", create=True)
+    ids = [7, 1, 4]
+    summary = rollout.collect(
+        env, fake_act, PARAMS, store, 0, prompt=PROMPT, num_envs=2, ta=TA, progress=False, episode_ids=ids
+    )
+    assert summary["requested"] == 3 and summary["collected"] == 3 and sorted(store.episode_ids()) == [1, 4, 7]
+    for e in store.load():
+        np.testing.assert_array_equal(e.states, ref[e.episode_id].states)
+    with pytest.raises(ValueError, match="distinct"):
+        rollout.collect(env, fake_act, PARAMS, store, 0, prompt=PROMPT, ta=TA, progress=False, episode_ids=[2, 2])
+
+
 def test_prompt_beta_params_do_not_recompile(env):
     key = jax.random.fold_in(jax.random.key(0), rollout.COLLECT)
     ids = jnp.arange(2)
