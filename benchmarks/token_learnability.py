@@ -8,6 +8,9 @@ same σ and noise for both) on held-out episodes and on training windows:
 * ``real``: the run's ``label`` annotation (the labels RECAP trains on);
 * ``nstepN``: N-step advantage labels over N decision points from the run's out-of-fold V̂
   (``labeling.compute_labels`` with ``n_step=N``; nothing is written to the store);
+* ``temperature``: on a run with mixed-temperature rollouts (``collect.temperatures``, preset
+  ``cpu_power_mixed``), high = the episode played at temperature 1 and low = at another, on the windows the real
+  labels cover: the labels an oracle of the data's quality would give;
 * ``random_offset``: the positive control. Each labelled window gets a random label (p = ½, seeded) and its
   action chunk is shifted by ``(2·label − 1)·offset·(action_max − action_min)``: a label that is perfectly
   predictive of the actions and unpredictable from the observation. Only the token can explain the shift.
@@ -51,6 +54,11 @@ def scheme_labels(scheme: str, cfg, run: Path, store) -> dict[int, np.ndarray]:
             return real
         rng = np.random.default_rng(7)
         return {k: np.where(v >= 0, rng.integers(0, 2, len(v)), -1).astype(np.int8) for k, v in sorted(real.items())}
+    if scheme == "temperature":
+        temps = {e.episode_id: float(e.tags.get("temperature", 1.0)) for e in store.iter_episodes()}
+        if len(set(temps.values())) < 2:
+            raise ValueError(f"{run}: the temperature scheme needs rollouts of two temperatures (collect.temperatures)")
+        return {k: np.where(v >= 0, int(temps[k] == 1.0), -1).astype(np.int8) for k, v in sorted(real.items())}
     if scheme.startswith("nstep") and scheme[5:].isdigit():
         values = train_value.load_values(run / train_value.stage_name(0) / "values.npz")
         metas = [labeling.EpisodeMeta.of(e) for e in store.iter_episodes() if e.episode_id in values]
@@ -58,7 +66,9 @@ def scheme_labels(scheme: str, cfg, run: Path, store) -> dict[int, np.ndarray]:
         return {
             int(k): np.asarray(v, np.int8) for k, v in labeling.compute_labels(metas, values, lc)[0]["label"].items()
         }
-    raise ValueError(f"unknown label scheme {scheme!r}: expected real, random_offset or nstepN (e.g. nstep2)")
+    raise ValueError(
+        f"unknown label scheme {scheme!r}: expected real, temperature, random_offset or nstepN (e.g. nstep2)"
+    )
 
 
 def run_one(cfg, run: Path, scheme: str, lr: float, steps: int, eval_every: int, offset: float) -> list[dict]:
