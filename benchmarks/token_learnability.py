@@ -20,7 +20,7 @@ stays at zero on the real labels, even in sample, shows those labels carry no ac
 use beyond its observation. Writes the ``token_learnability`` section of ``benchmarks/RESULTS.md``.
 
     python -m benchmarks.token_learnability --run runs/cpu_power/seed0 [--schemes real nstep2 random_offset]
-        [--lrs 3e-4 2e-3] [--steps 1200] [--eval-every 300]
+        [--lrs 3e-4 2e-3] [--steps 1200] [--eval-every 300] [--section token_learnability]
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--offset", type=float, default=0.1, help="random_offset's shift, a fraction of the action range")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update benchmarks/RESULTS.md")
+    ap.add_argument("--section", default=SECTION, help="the RESULTS.md section to write (one per run studied)")
     args = ap.parse_args()
 
     from experiments import common
@@ -212,7 +213,7 @@ def main() -> None:
         )
     )
     if not args.no_write:
-        write_section(SECTION, body)
+        write_section(args.section, body)
     print(body)
 
 

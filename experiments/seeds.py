@@ -24,7 +24,7 @@ from recap_jax import stats
 class Args:
     """Attributes:
     out: parent directory (one run directory per seed below it).
-    preset: a preset name (smoke | demo | cpu | cpu_long | cpu_power | gpu | paper | psi0).
+    preset: a preset name (smoke | demo | cpu | cpu_long | cpu_power | cpu_power_mixed | gpu | paper | psi0).
     seeds: study seeds.
     """
 
