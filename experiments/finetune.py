@@ -181,6 +181,14 @@ def label_swap_loss(
     return out | paired_summary(np.concatenate(per["true"])[:n], np.concatenate(per["swapped"])[:n])
 
 
+def training_seed(cfg: StudyConfig) -> int:
+    """The seed of RECAP's and BC-all's window order and flow noise: the study seed, or for a training replicate
+    ``finetune.train_seed = k > 0``, ``seed + 7919 k``."""
+    if cfg.finetune.train_seed < 0:
+        raise ValueError(f"finetune.train_seed must be >= 0, got {cfg.finetune.train_seed}")
+    return cfg.seed + 7919 * cfg.finetune.train_seed
+
+
 def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
     from recap_jax import train
 
@@ -196,7 +204,7 @@ def finetune(cfg: StudyConfig, out: Path, which: str, it: int = 0) -> dict:
         num_steps=cfg.finetune.steps,
         save_every=cfg.finetune.steps,
         out_dir=d,
-        seed=cfg.seed,
+        seed=training_seed(cfg),
         exclude_episodes=held,
         assets=train.make_assets(
             params0.norm, config=params0.config, preset=cfg.name, seed=cfg.seed, stage=f"finetune/{which}", iteration=it

@@ -162,6 +162,10 @@ class FinetuneSettings:
     # BC-all's training, so the label-swap diagnostic reads the token on episodes the policy never saw
     # (finetune.label_swap_loss, issue 22). 0: the paper's recipe (every rollout trains; in-sample diagnostic).
     holdout_fraction: float = 0.0
+    # Replicates of the fine-tuning runs: k > 0 trains RECAP and BC-all with window order and flow noise from seed
+    # ``seed + 7919 k`` instead of the study seed (the data, holdout and diagnostic windows stay the study's), to
+    # measure how much a comparison of two training runs moves from training noise alone.
+    train_seed: int = field(default=0, metadata={"marker": "omit_default"})
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def test_marker_leaves_out_new_settings_at_their_default(tmp_path):
     other value is, and a change of it is a config mismatch."""
     cfg = presets.get_preset("smoke")
     assert "temperatures" not in common._jsonable({"collect": cfg.collect})["collect"]
+    assert "train_seed" not in common._jsonable({"finetune": cfg.finetune})["finetune"]
     mixed = presets.override(cfg, **{"collect.temperatures": (1.0, 1.1)})
     assert common._jsonable({"collect": mixed.collect})["collect"]["temperatures"] == [1.0, 1.1]
     assert common.config_from_dict(mixed.to_dict()) == mixed
@@ -72,6 +73,21 @@ def test_marker_leaves_out_new_settings_at_their_default(tmp_path):
     for bad in ((), (1.0, 0.0), (-1.0,)):
         with pytest.raises(ValueError, match=r"collect\.temperatures"):
             presets.override(cfg, **{"collect.temperatures": bad})
+
+
+def test_training_replicates_change_only_the_training_seed():
+    """finetune.train_seed = 0 trains with the study seed (the runs made before it existed); k > 0 with its own."""
+    from experiments import finetune
+
+    cfg = presets.override(presets.get_preset("smoke"), seed=3)
+    assert finetune.training_seed(cfg) == 3
+    seeds = {finetune.training_seed(presets.override(cfg, **{"finetune.train_seed": k})) for k in range(4)}
+    assert len(seeds) == 4
+    rep = presets.override(cfg, **{"finetune.train_seed": 2})
+    assert common._jsonable({"finetune": rep.finetune})["finetune"]["train_seed"] == 2
+    assert common.config_from_dict(rep.to_dict()) == rep
+    with pytest.raises(ValueError, match="train_seed"):
+        finetune.training_seed(presets.override(cfg, **{"finetune.train_seed": -1}))
 
 
 def test_failed_stage_leaves_no_marker(tmp_path):
