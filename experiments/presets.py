@@ -467,10 +467,11 @@ CPU_POWER = StudyConfig(
 # (benchmarks RESULTS branch_credit, token_learnability). This preset asks whether it is learned, and whether it
 # helps, when the rollouts' quality varies with something the actions show: every other rollout samples all its
 # chunks at temperature 1.5 (the flow noise scaled by 1.5, as exploration noise would; from seed 0's SFT@3000,
-# 50% success at 1.0, 2/96 at 1.5) and fine-tuning runs at the recipe's SFT learning rate, 2e-3 (labels that
-# mark the temperature-1.5 windows, 64 + 64 episodes: held-out label-swap gap +3.1e-3 +- 1.0e-3 after 1000 steps
-# at 2e-3, +4e-4 +- 2.8e-4 after 3000 at 3e-4; RESULTS mixed_quality). Everything else, the evaluation at
-# temperature 1 included, is cpu_power's, so a run can reuse cpu_power's demos/ and sft/ stages.
+# 48% success at 1.0, 14% at 1.2, 5% at 1.5: RESULTS temperature_sweep) and fine-tuning runs at the recipe's SFT
+# learning rate, 2e-3, where labels that mark the temperature-1.5 windows open the label-swap gap (RESULTS
+# token_learnability_mixed). Everything else, the evaluation at temperature 1 included, is cpu_power's, so a run
+# can reuse cpu_power's demos/ and sft/ stages. Result (seed 0, results/cpu_power_mixed): the token is learned
+# and does not help; every fine-tuned policy inherits the mixture's width and falls.
 CPU_POWER_MIXED = dataclasses.replace(
     CPU_POWER,
     name="cpu_power_mixed",
