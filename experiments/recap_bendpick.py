@@ -95,7 +95,7 @@ class Args:
 
     Attributes:
       out: run directory (a killed study resumes from it).
-      preset: smoke | demo | cpu | cpu_long | cpu_power | gpu | paper | psi0.
+      preset: smoke | demo | cpu | cpu_long | cpu_power | cpu_power_mixed | gpu | paper | psi0.
       seed: study seed (default: the preset's).
       iterations: K > 1 runs the π*0.6 loop (one results block per iteration).
       cfg_beta: classifier-free guidance β for recap_high at evaluation (needs --indicator-dropout > 0).
