@@ -102,8 +102,7 @@ def collect_branches(
 
     if num_envs % k:
         raise ValueError(f"--num-envs {num_envs} must be a multiple of --branches {k}")
-    marker = common.read_json(run / collect.stage_name(0) / common.MARKER)
-    step = int(marker["outputs"]["checkpoint_step"])
+    step = collect.checkpoint_step(run)
     settings = {"branches": k, "policy_step": step, "seed": int(cfg.seed), "branch_q": branch_q.tolist()}
     saved = branch_dir(run, temperature) / "settings.json"
     if saved.exists():

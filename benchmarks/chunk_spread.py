@@ -72,7 +72,7 @@ def sample_policies(run: Path, windows: int, samples: int, seed: int = 5) -> dic
 
     cfg = common.read_config(run)
     eps, labels, rows = held_out_rows(run, cfg, windows)
-    step = int(common.read_json(run / collect.stage_name(0) / common.MARKER)["outputs"]["checkpoint_step"])
+    step = collect.checkpoint_step(run)
     recap = glue.load_policy(
         run / finetune.run_dir(0, "recap"), glue.policy_config(cfg, cfg.finetune.indicator_dropout)
     )

@@ -34,7 +34,7 @@ def sweep(run: Path, temperatures: list[float], episodes: int, num_envs: int) ->
     from recap_jax import rollout
 
     cfg = common.read_config(run)
-    step = int(common.read_json(run / collect.stage_name(0) / common.MARKER)["outputs"]["checkpoint_step"])
+    step = collect.checkpoint_step(run)
     params = glue.load_policy(run / "sft", glue.policy_config(cfg), step)
     act, rtc = glue.policy_act(params)
     env = glue.make_env(cfg)

@@ -150,7 +150,7 @@ def sft_encoder(run: Path, which: str):
 
     cfg = common.load_or_init_config(run, None)
     if which == "collect":
-        step = common.read_json(run / collect.stage_name(0) / common.MARKER)["outputs"]["checkpoint_step"]
+        step = collect.checkpoint_step(run)
     else:
         step = max(T.Checkpointer(run / "sft").all_steps())
     return glue.load_policy(run / "sft", glue.policy_config(cfg), step), int(step), cfg

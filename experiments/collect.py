@@ -31,6 +31,12 @@ def stage_name(it: int) -> str:
     return "collect" if it == 0 else f"collect_it{it}"
 
 
+def checkpoint_step(out: Path) -> int:
+    """The SFT step of the run's collection checkpoint (``DIR/collect/stage.json``): the policy that collected the
+    first rollouts, which fine-tuning starts from and ``sft_init`` evaluates."""
+    return int(common.read_json(Path(out) / stage_name(0) / common.MARKER)["outputs"]["checkpoint_step"])
+
+
 def choose_checkpoint(cfg: StudyConfig, out: Path, env) -> dict:
     """The SFT step used for collection, screened for headroom when candidates are configured."""
     candidates = sorted({cfg.sft.init_step, *cfg.sft.candidate_steps})
@@ -98,14 +104,14 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         rtc=rtc,
     )
     if temps == (1.0,):  # the trained sampler: the program without a noise_scale input
-        collected = rollout.collect(env, act, params, store, n, first_id=first, tags=tags, **common_kw)
+        collected = rollout.collect(env, act, params, store, n, first_id=first, tags=tags, **common_kw)["collected"]
     else:  # episode first + j plays at temps[j % K]; one program for all K (the scale is a traced input)
-        collected = {"collected": 0}
+        collected = 0
         for k, temp in enumerate(temps):
             ids = [first + j for j in range(k, n, len(temps))]
             print(f"  temperature {temp:g}: {len(ids)} episodes", flush=True)
             scale = {"noise_scale": np.full((cfg.collect.num_envs,), temp, np.float32)}
-            collected["collected"] += rollout.collect(
+            collected += rollout.collect(
                 env, act, params, store, len(ids), episode_ids=ids, act_kwargs=scale,
                 tags={**tags, "temperature": temp}, **common_kw,
             )["collected"]  # fmt: skip
@@ -128,7 +134,7 @@ def collect_rollouts(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
         "in_headroom_band": bool(lo <= rate <= hi),
         "target_rate": [lo, hi],
         "first_id": first,
-        "collected_now": collected["collected"],
+        "collected_now": collected,
         "temperatures": by_temp,
     }
 

@@ -61,15 +61,15 @@ def _default(x: Any) -> Any:
 
 
 def _marker_dict(x: Any) -> dict:
-    """``dataclasses.asdict`` without the fields marked ``metadata={"marker": "omit_default"}`` that hold their
-    default: a setting added later leaves the markers of runs made before it valid."""
-    out = {}
-    for f in dataclasses.fields(x):
-        v = getattr(x, f.name)
-        if f.metadata.get("marker") == "omit_default" and v == f.default:
-            continue
-        out[f.name] = _marker_dict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v
-    return json.loads(json.dumps(out, default=_default))
+    """A dataclass's fields by name (nested ones are serialised by ``_default`` in turn), without the fields marked
+    ``metadata={"marker": "omit_default"}`` that hold their default: a setting added later leaves the markers of
+    runs made before it valid."""
+    fields = dataclasses.fields(x)
+    return {
+        f.name: getattr(x, f.name)
+        for f in fields
+        if not (f.metadata.get("marker") == "omit_default" and getattr(x, f.name) == f.default)
+    }
 
 
 def _jsonable(obj: Any) -> Any:

@@ -40,8 +40,7 @@ def stage_name(it: int, cond: str) -> str:
 def condition_spec(cfg: StudyConfig, out: Path, cond: str, it: int = 0) -> dict:
     """Checkpoint directory, step, policy config, prompt label and β of a condition."""
     if cond == "sft_init":
-        marker = common.read_json(Path(out) / collect.stage_name(0) / common.MARKER)
-        return {"dir": "sft", "step": marker["outputs"]["checkpoint_step"], "dropout": 0.0, "label": None, "beta": 1.0}
+        return {"dir": "sft", "step": collect.checkpoint_step(out), "dropout": 0.0, "label": None, "beta": 1.0}
     if cond == "sft_final":
         return {"dir": "sft", "step": cfg.sft.steps, "dropout": 0.0, "label": None, "beta": 1.0}
     if cond == "bc_all":

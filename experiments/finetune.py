@@ -34,8 +34,7 @@ def init_params(cfg: StudyConfig, out: Path, which: str):
 
     from recap_jax import policy
 
-    marker = common.read_json(Path(out) / collect.stage_name(0) / common.MARKER)
-    sft = glue.load_policy(Path(out) / "sft", glue.policy_config(cfg), marker["outputs"]["checkpoint_step"])
+    sft = glue.load_policy(Path(out) / "sft", glue.policy_config(cfg), collect.checkpoint_step(out))
     if cfg.finetune.init == "scratch":
         sft = policy.init_policy(glue.policy_config(cfg), jax.random.key(cfg.seed + 1), sft.norm)
     dropout = cfg.finetune.indicator_dropout if which == "recap" else 0.0

@@ -71,11 +71,8 @@ def train(cfg: StudyConfig, out: Path, it: int = 0) -> dict:
     if vcfg.backbone == "system2":
         from experiments import collect
 
-        marker = common.read_json(Path(out) / collect.stage_name(0) / common.MARKER)
         models = {
-            "policy_params": glue.load_policy(
-                Path(out) / "sft", glue.policy_config(cfg), marker["outputs"]["checkpoint_step"]
-            ),
+            "policy_params": glue.load_policy(Path(out) / "sft", glue.policy_config(cfg), collect.checkpoint_step(out)),
             "prompt": glue.INSTRUCTION,
         }
     features = vt.features_for(vcfg, **models)
